@@ -1,0 +1,165 @@
+"""A shop: one LazyFrame per contract table, read from a directory of Parquet or CSV files."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+
+import polars as pl
+
+from .contract import (
+    TABLES,
+    ContractError,
+    Table,
+    check_columns,
+    check_rows,
+    dtype_of,
+    typed_columns,
+)
+
+log = logging.getLogger(__name__)
+
+SUFFIXES = (".parquet", ".csv", ".csv.gz")
+
+
+@dataclass(frozen=True)
+class Shop:
+    """Every contract table, typed; an absent optional table is an empty frame of its schema."""
+
+    orders: pl.LazyFrame
+    customers: pl.LazyFrame
+    products: pl.LazyFrame
+    events: pl.LazyFrame
+    email_events: pl.LazyFrame
+    assignments: pl.LazyFrame
+    present: frozenset[str]
+
+    def table(self, name: str) -> pl.LazyFrame:
+        return getattr(self, name)
+
+    def until(self, as_of: datetime) -> Shop:
+        """The shop as it was known at `as_of`: the one place the point-in-time rule is applied."""
+        limited = {}
+        for name, table in TABLES.items():
+            frame = self.table(name)
+            if table.time_column:
+                stamp = pl.col(table.time_column)
+                keep = stamp <= as_of
+                if name == "customers":  # a customer record without a date is known all along
+                    keep = keep | stamp.is_null()
+                frame = frame.filter(keep)
+            limited[name] = frame
+        return replace(self, **limited)
+
+    @property
+    def missing(self) -> list[str]:
+        return [name for name in TABLES if name not in self.present]
+
+    def collect(self) -> dict[str, pl.DataFrame]:
+        return dict(zip(TABLES, pl.collect_all([self.table(n) for n in TABLES]), strict=True))
+
+
+def table_file(directory: Path, name: str) -> Path | None:
+    """The file holding table `name` in a shop directory, if any (Parquet preferred)."""
+    found = [directory / f"{name}{suffix}" for suffix in SUFFIXES]
+    found = [f for f in found if f.is_file()]
+    if len(found) > 1:
+        raise ContractError(
+            f"{directory}: table '{name}' is given twice ({', '.join(f.name for f in found)}); "
+            "keep one"
+        )
+    return found[0] if found else None
+
+
+def scan_raw(path: Path) -> pl.LazyFrame:
+    """A table file as stored: Parquet with its types, CSV as text (typed by the contract)."""
+    if path.stat().st_size == 0:
+        raise ContractError(f"{path}: file is empty")
+    if path.suffix == ".parquet":
+        return pl.scan_parquet(path)
+    try:
+        return pl.scan_csv(path, infer_schema=False, raise_if_empty=True)
+    except pl.exceptions.NoDataError as error:
+        raise ContractError(f"{path}: file is empty") from error
+
+
+def empty_table(table: Table) -> pl.LazyFrame:
+    return pl.LazyFrame(schema=pl.Schema({c.name: dtype_of(c.kind) for c in table.columns}))
+
+
+def typed(table: Table, raw: pl.LazyFrame) -> pl.LazyFrame:
+    """Contract columns typed, absent optional ones filled with defaults, extra columns kept."""
+    schema = raw.collect_schema()
+    extra = [pl.col(n) for n in schema.names() if n not in {c.name for c in table.columns}]
+    return raw.select(*typed_columns(table, schema), *extra)
+
+
+def read_table(path: Path, table: Table, validate: bool = True) -> pl.LazyFrame:
+    raw = scan_raw(path)
+    try:
+        schema = raw.collect_schema()
+        check_columns(table, schema, str(path))
+        if validate:
+            check_rows(table, raw, str(path))
+    except pl.exceptions.PolarsError as error:
+        first_line = (
+            str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        )
+        raise ContractError(f"{path}: cannot be read as {table.name}: {first_line}") from error
+    return typed(table, raw)
+
+
+def read_shop(directory: str | Path, validate: bool = True) -> Shop:
+    """Read and check every table of a shop directory; `orders` is the only mandatory one."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ContractError(f"{directory}: no such shop directory")
+    frames, present = {}, set()
+    for name, table in TABLES.items():
+        path = table_file(directory, name)
+        if path is None:
+            if table.mandatory:
+                raise ContractError(
+                    f"{directory}: no {name} table (expected {name}.parquet or {name}.csv)"
+                )
+            frames[name] = empty_table(table)
+            continue
+        frames[name] = read_table(path, table, validate)
+        present.add(name)
+    shop = Shop(**frames, present=frozenset(present))
+    if shop.missing:
+        log.info("shop %s has no %s table(s)", directory, ", ".join(shop.missing))
+    return shop
+
+
+def write_shop(tables: dict[str, pl.DataFrame], directory: str | Path) -> Path:
+    """Write tables as `<name>.parquet` into `directory`, all at once or not at all."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        for name, frame in tables.items():
+            target = staging / f"{name}.parquet"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            frame.write_parquet(target)
+        if directory.exists():
+            _replace_dir(staging, directory)
+        else:
+            staging.rename(directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return directory
+
+
+def _replace_dir(staging: Path, directory: Path) -> None:
+    """Swap a finished staging directory in place of an older one."""
+    old = directory.with_name(f".{directory.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    directory.rename(old)
+    staging.rename(directory)
+    shutil.rmtree(old, ignore_errors=True)
