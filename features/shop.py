@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
 import polars as pl
+from sendwise.store.files import atomic_path
 
 from .contract import (
     TABLES,
@@ -137,29 +136,14 @@ def read_shop(directory: str | Path, validate: bool = True) -> Shop:
 
 
 def write_shop(tables: dict[str, pl.DataFrame], directory: str | Path) -> Path:
-    """Write tables as `<name>.parquet` into `directory`, all at once or not at all."""
+    """Write tables as `<name>.parquet` into `directory`, all at once or not at all.
+
+    A name with a slash (`ground_truth/customers`) goes into a sub-directory.
+    """
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with atomic_path(directory, directory=True) as staging:
         for name, frame in tables.items():
             target = staging / f"{name}.parquet"
             target.parent.mkdir(parents=True, exist_ok=True)
             frame.write_parquet(target)
-        if directory.exists():
-            _replace_dir(staging, directory)
-        else:
-            staging.rename(directory)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return directory
-
-
-def _replace_dir(staging: Path, directory: Path) -> None:
-    """Swap a finished staging directory in place of an older one."""
-    old = directory.with_name(f".{directory.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    directory.rename(old)
-    staging.rename(directory)
-    shutil.rmtree(old, ignore_errors=True)

@@ -1,2 +1,3 @@
 """sendwise: ML decisions for e-commerce email."""
+
 __version__ = "0.1.0"

@@ -1,0 +1,215 @@
+"""Point-in-time jobs: LazyFrame in, LazyFrame out; the caller collects once.
+
+Every builder that looks back starts from `shop.until(as_of)`, the single place where the
+point-in-time rule is applied; only `purchase_labels` reads the window after `as_of`.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+import polars as pl
+import polars.selectors as cs
+
+from . import expressions as fx
+from .clock import with_local_time
+from .shop import Shop
+
+log = logging.getLogger(__name__)
+
+CART_WINDOW = timedelta(hours=24)  # a cart not followed by an order within this is abandoned
+DEFAULT_TIMEZONE = "UTC"
+
+
+def purchase_lines(shop: Shop) -> pl.LazyFrame:
+    return shop.orders.filter(pl.col("quantity") > 0)
+
+
+def purchase_orders(shop: Shop) -> pl.LazyFrame:
+    """One row per (customer, order) with its time, value, units and lines; returns left out."""
+    return (
+        purchase_lines(shop)
+        .group_by("customer_id", "order_id")
+        .agg(
+            pl.col("ordered_at").min(),
+            fx.line_value().sum().alias("value"),
+            pl.col("quantity").sum().alias("items"),
+            pl.len().alias("lines"),
+            (pl.col("discount").fill_null(0.0) > 0).any().alias("discounted"),
+        )
+    )
+
+
+def known_customers(shop: Shop) -> pl.LazyFrame:
+    """Everyone the shop knows of: a customer record, a purchase, or any web or email event."""
+    sources = [
+        shop.customers.select("customer_id"),
+        purchase_lines(shop).select("customer_id"),
+        shop.events.select("customer_id"),
+        shop.email_events.select("customer_id"),
+    ]
+    return pl.concat(sources).unique().sort("customer_id")
+
+
+def shop_timezone(shop: Shop) -> str:
+    """The most common customer time zone: the fallback for customers without one."""
+    zones = shop.customers.select(pl.col("timezone").drop_nulls().mode().sort().first()).collect()
+    return zones.item() or DEFAULT_TIMEZONE
+
+
+def activity(shop: Shop) -> pl.LazyFrame:
+    """Every dated sign of a customer's attention: orders, human opens, clicks, site events."""
+    orders = purchase_orders(shop).select(
+        "customer_id", pl.col("ordered_at").alias("occurred_at"), pl.lit("purchase").alias("source")
+    )
+    email = shop.email_events.filter(fx.human_open() | (pl.col("event_type") == "click")).select(
+        "customer_id", "occurred_at", pl.col("event_type").alias("source")
+    )
+    web = shop.events.select("customer_id", "occurred_at", pl.lit("web").alias("source"))
+    return pl.concat([orders, email, web])
+
+
+def local_activity(shop: Shop, as_of: datetime) -> pl.LazyFrame:
+    """`activity` up to `as_of` with each customer's local time (`local_at`) and zone."""
+    past = shop.until(as_of)
+    fallback = shop_timezone(past)
+    zones = (
+        past.customers.select(pl.col("timezone").fill_null(fallback).unique())
+        .collect()
+        .to_series()
+        .to_list()
+    )
+    zones = sorted(set(zones) | {fallback})
+    located = (
+        activity(past)
+        .join(past.customers.select("customer_id", "timezone"), on="customer_id", how="left")
+        .with_columns(pl.col("timezone").fill_null(fallback))
+    )
+    return with_local_time(located, zones)
+
+
+def abandoned_carts(shop: Shop) -> pl.LazyFrame:
+    """Web events with an `abandoned` flag: an add-to-cart with no order within CART_WINDOW."""
+    carts = shop.events.filter(pl.col("event_type") == "add_to_cart").sort("occurred_at")
+    orders = (
+        purchase_orders(shop)
+        .select("customer_id", pl.col("ordered_at").alias("next_order_at"))
+        .sort("next_order_at")
+    )
+    flagged = carts.join_asof(
+        orders,
+        left_on="occurred_at",
+        right_on="next_order_at",
+        by="customer_id",
+        strategy="forward",
+        tolerance=CART_WINDOW,
+        check_sortedness=False,  # both sides are sorted on time; polars cannot verify it per group
+    ).select("customer_id", "occurred_at", abandoned=pl.col("next_order_at").is_null())
+    others = shop.events.filter(pl.col("event_type") != "add_to_cart")
+    return pl.concat(
+        [
+            others.select("customer_id", "occurred_at", "event_type", "product_id").with_columns(
+                abandoned=pl.lit(False)
+            ),
+            flagged.with_columns(
+                event_type=pl.lit("add_to_cart"), product_id=pl.lit(None, pl.String)
+            ).select("customer_id", "occurred_at", "event_type", "product_id", "abandoned"),
+        ]
+    )
+
+
+def customer_features(shop: Shop, as_of: datetime) -> pl.LazyFrame:
+    """One row per customer known at `as_of`; nothing after `as_of` is read."""
+    past = shop.until(as_of)
+    for table in past.missing:
+        log.info("no %s table: its features are zero or missing", table)
+    customers = known_customers(past)
+    fallback = shop_timezone(past)
+
+    orders = (
+        purchase_orders(past)
+        .group_by("customer_id")
+        .agg(*fx.rfm(as_of), *fx.rhythm(as_of), *fx.trend_and_season(as_of))
+    )
+    lines = (
+        past.orders.join(
+            past.products.select("product_id", "category"), on="product_id", how="left"
+        )
+        .group_by("customer_id")
+        .agg(fx.breadth_and_returns())
+    )
+    web = abandoned_carts(past).group_by("customer_id").agg(fx.web_behaviour(as_of))
+    email = past.email_events.group_by("customer_id").agg(fx.email_engagement(as_of))
+    profile = local_activity(shop, as_of).group_by("customer_id").agg(fx.hour_profile())
+    static = past.customers.select(
+        "customer_id", "country", "timezone", "email_opt_in", "created_at"
+    )
+
+    frame = customers
+    for part in (static, orders, lines, web, email, profile):
+        frame = frame.join(part, on="customer_id", how="left")
+    return (
+        frame.with_columns(
+            pl.col(_count_columns(frame)).fill_null(0),
+            pl.col("timezone").fill_null(fallback),
+            pl.col("email_opt_in").fill_null(True),
+            tenure_days=fx.days_since(as_of, pl.coalesce("created_at", _first_seen(as_of))),
+            as_of=pl.lit(as_of),
+        )
+        .drop("created_at")
+        .with_columns(cs.float().fill_nan(None))
+        .sort("customer_id")
+    )
+
+
+def _first_seen(as_of: datetime) -> pl.Expr:
+    return pl.lit(as_of) - pl.duration(days=pl.col("first_order_days").fill_null(0.0))
+
+
+def _count_columns(frame: pl.LazyFrame) -> list[str]:
+    """Columns where a missing value means none happened."""
+    schema = frame.collect_schema()
+    return [
+        name
+        for name, dtype in schema.items()
+        if (dtype.is_integer() and not name.startswith("peak_"))
+        or name.startswith(("revenue_", "returned_"))
+    ]
+
+
+def purchase_labels(shop: Shop, as_of: datetime, horizon_days: int) -> pl.LazyFrame:
+    """What each customer known at `as_of` bought in (as_of, as_of + horizon]."""
+    end = as_of + timedelta(days=horizon_days)
+    future = purchase_orders(shop).filter(
+        (pl.col("ordered_at") > as_of) & (pl.col("ordered_at") <= end)
+    )
+    outcome = future.group_by("customer_id").agg(
+        pl.len().alias("orders_next"),
+        pl.col("value").sum().alias("revenue_next"),
+        pl.col("ordered_at").min().alias("first_order_next_at"),
+    )
+    return (
+        known_customers(shop.until(as_of))
+        .join(outcome, on="customer_id", how="left")
+        .with_columns(
+            pl.col("orders_next", "revenue_next").fill_null(0),
+            purchased=pl.col("orders_next").fill_null(0) > 0,
+            as_of=pl.lit(as_of),
+            horizon_days=pl.lit(horizon_days),
+        )
+    )
+
+
+def interactions(shop: Shop, as_of: datetime) -> pl.LazyFrame:
+    """The customer x product purchase matrix up to `as_of`, in long form."""
+    return (
+        purchase_lines(shop.until(as_of))
+        .group_by("customer_id", "product_id")
+        .agg(
+            pl.col("order_id").n_unique().alias("orders"),
+            pl.col("quantity").sum(),
+            pl.col("ordered_at").max().alias("last_ordered_at"),
+        )
+        .sort("customer_id", "product_id")
+    )
