@@ -1,0 +1,48 @@
+"""Shared fixtures: a simulated shop (always), the real Online Retail shop (when ../shared has it)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from sendwise.features import online_retail
+from sendwise.features.shop import read_shop, write_shop
+from sendwise.features.simulate import SimulationSettings, simulate
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+ONLINE_RETAIL = DATA / "online_retail" / "online_retail_2010_2011.csv.gz"
+
+
+@pytest.fixture(scope="session")
+def simulated(tmp_path_factory):
+    """A 3,000-customer simulated shop on disk: (directory, tables, ground truth)."""
+    tables, truth = simulate(SimulationSettings(customers=3_000, seed=11))
+    directory = tmp_path_factory.mktemp("sim") / "shop"
+    write_shop({**tables, "ground_truth/customers": truth}, directory)
+    return directory, tables, truth
+
+
+@pytest.fixture(scope="session")
+def simulated_shop(simulated):
+    return read_shop(simulated[0])
+
+
+@pytest.fixture(scope="session")
+def online_retail_file() -> Path:
+    if not ONLINE_RETAIL.is_file():
+        pytest.skip(f"real data not found at {ONLINE_RETAIL} (see ../shared/data/README.md)")
+    return ONLINE_RETAIL
+
+
+@pytest.fixture(scope="session")
+def online_retail_import(online_retail_file, tmp_path_factory):
+    """(shop directory, import summary) of the real Online Retail file."""
+    tables, summary = online_retail.convert(online_retail_file)
+    directory = tmp_path_factory.mktemp("online_retail") / "shop"
+    write_shop(tables, directory)
+    return directory, summary

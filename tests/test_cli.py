@@ -1,0 +1,79 @@
+"""The CLI as users run it: each verb end to end on real files."""
+
+from __future__ import annotations
+
+import polars as pl
+from typer.testing import CliRunner
+
+from sendwise.cli.main import app
+from sendwise.features.shop import read_shop
+
+runner = CliRunner()
+
+RETAIL = """InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country
+536365,85123A,WHITE HANGING HEART T-LIGHT HOLDER,6,2010-12-01 08:26:00,2.55,17850.0,United Kingdom
+536365,71053,WHITE METAL LANTERN,6,2010-12-01 08:26:00,3.39,17850.0,United Kingdom
+536366,22633,HAND WARMER UNION JACK,6,2010-12-01 08:28:00,1.85,,United Kingdom
+C536379,85123A,WHITE HANGING HEART T-LIGHT HOLDER,-1,2010-12-01 09:41:00,2.55,17850.0,United Kingdom
+536370,22728,ALARM CLOCK BAKELIKE PINK,24,2010-12-01 08:45:00,3.75,12583.0,France
+536371,22728,ALARM CLOCK BAKELIKE PINK,1,2010-12-01 08:45:00,0.0,12583.0,France
+"""
+
+
+def invoke(*args: str):
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result
+
+
+def test_simulate_then_build_features_as_parquet_and_csv(tmp_path):
+    shop = tmp_path / "shop"
+    result = invoke("simulate", "--customers", "400", "--seed", "3", "--out", str(shop))
+    assert "orders" in result.output
+    assert (shop / "ground_truth" / "customers.parquet").is_file()
+    assert read_shop(shop).present == {
+        "orders",
+        "customers",
+        "products",
+        "events",
+        "email_events",
+        "assignments",
+    }
+    for name in ("f.parquet", "f.csv"):
+        invoke(
+            "features",
+            "build",
+            "--shop",
+            str(shop),
+            "--as-of",
+            "2026-05-01",
+            "--out",
+            str(tmp_path / name),
+        )
+    parquet = pl.read_parquet(tmp_path / "f.parquet")
+    csv = pl.read_csv(tmp_path / "f.csv")
+    assert len(parquet) == len(csv) > 300
+    assert parquet["customer_id"].is_unique().all()
+
+
+def test_import_online_retail_prints_what_was_kept_and_dropped(tmp_path):
+    source = tmp_path / "retail.csv"
+    source.write_text(RETAIL)
+    result = invoke("import", "online-retail", str(source), "--out", str(tmp_path / "shop"))
+    assert "rows read               6" in result.output
+    assert "1  no customer id" in result.output
+    assert "1  price not positive" in result.output
+    shop = read_shop(tmp_path / "shop")
+    orders = shop.orders.collect()
+    assert orders.filter(pl.col("order_id") == "C536379")["quantity"].to_list() == [-1]
+    customers = shop.customers.collect().sort("customer_id")
+    assert customers["customer_id"].to_list() == ["12583", "17850"]
+    assert customers["timezone"].to_list() == ["Europe/Paris", "Europe/London"]
+    products = shop.products.collect().sort("product_id")
+    assert products.filter(pl.col("product_id") == "85123A")["category"].item() == "HOLDER"
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    result = invoke("demo", "--customers", "500", "--workdir", str(tmp_path))
+    assert "Planted truth" in result.output
+    assert (tmp_path / "features.parquet").is_file() and (tmp_path / "labels.parquet").is_file()
