@@ -13,6 +13,7 @@ import click
 import polars as pl
 import typer
 from rich.console import Console
+
 from sendwise.features import builders, online_retail
 from sendwise.features.clock import parse_as_of
 from sendwise.features.contract import SendwiseError

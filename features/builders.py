@@ -129,6 +129,8 @@ def customer_features(shop: Shop, as_of: datetime) -> pl.LazyFrame:
 
     orders = (
         purchase_orders(past)
+        .sort("customer_id", "ordered_at")
+        .with_columns(gap_days=fx.purchase_gaps())
         .group_by("customer_id")
         .agg(*fx.rfm(as_of), *fx.rhythm(as_of), *fx.trend_and_season(as_of))
     )
@@ -141,7 +143,18 @@ def customer_features(shop: Shop, as_of: datetime) -> pl.LazyFrame:
     )
     web = abandoned_carts(past).group_by("customer_id").agg(fx.web_behaviour(as_of))
     email = past.email_events.group_by("customer_id").agg(fx.email_engagement(as_of))
-    profile = local_activity(shop, as_of).group_by("customer_id").agg(fx.hour_profile())
+    profile = (
+        local_activity(shop, as_of)
+        .group_by(
+            "customer_id",
+            local_hour=pl.col("local_at").dt.hour(),
+            local_weekday=pl.col("local_at").dt.weekday() - 1,  # Monday = 0
+        )
+        .agg(n=pl.len())
+        .group_by("customer_id")
+        .agg(fx.hour_profile())
+        .with_columns(fx.peak_local_hour())
+    )
     static = past.customers.select(
         "customer_id", "country", "timezone", "email_opt_in", "created_at"
     )

@@ -331,33 +331,24 @@ def check_rows(table: Table, frame: pl.LazyFrame, file: str) -> int:
     schema = frame.collect_schema()
     rules = [r for c in table.columns if c.name in schema for r in _column_rules(c, schema[c.name])]
     rules += _duplicate_rules(table, schema)
-    numbered = frame.with_row_index(ROW, offset=1)
-    summary = numbered.select(
-        pl.len().alias("rows"),
-        *[rule.bad.fill_null(False).sum().alias(f"n{i}") for i, rule in enumerate(rules)],
-        *[
-            pl.concat_str(
-                [
-                    pl.col(ROW).cast(pl.String),
-                    pl.lit(" ("),
-                    rule.shown.fill_null("null"),
-                    pl.lit(")"),
-                ]
-            )
-            .filter(rule.bad.fill_null(False))
-            .head(SHOWN_ROWS)
-            .implode()
-            .alias(f"r{i}")
-            for i, rule in enumerate(rules)
-        ],
+    flags = [rule.bad.fill_null(False) for rule in rules]
+    counts = frame.select(
+        pl.len().alias("rows"), *[flag.sum().alias(f"n{i}") for i, flag in enumerate(flags)]
     ).collect()
-    rows = summary["rows"][0]
+    rows = counts["rows"][0]
     if table.mandatory and rows == 0:
         raise ContractError(f"{file}: has no rows ({table.name} is required and must not be empty)")
-    for i, rule in enumerate(rules):
-        count = summary[f"n{i}"][0]
-        if count:
-            first = ", ".join(summary[f"r{i}"][0])
+    for i, (rule, flag) in enumerate(zip(rules, flags, strict=True)):
+        count = counts[f"n{i}"][0]
+        if count:  # a second pass, on the error path only, finds the first offending rows
+            offending = (
+                frame.with_row_index(ROW, offset=1)
+                .filter(flag)
+                .head(SHOWN_ROWS)
+                .select(ROW, rule.shown.cast(pl.String).fill_null("null").alias("value"))
+                .collect()
+            )
+            first = ", ".join(f"{row} ({value})" for row, value in offending.iter_rows())
             raise ContractError(
                 f"{file}: column '{rule.column}' {rule.problem} in {count} row"
                 f"{'s' if count > 1 else ''}; first rows: {first}"

@@ -10,7 +10,7 @@ from datetime import datetime
 
 import polars as pl
 
-from .clock import days_since, within_days
+from .clock import DAY_US, days_since, within_days
 
 WINDOWS = (30, 90, 180, 365)
 SEASON_DAYS = 90
@@ -35,9 +35,9 @@ def revenue_in_window(as_of: datetime, days: float, end_days: float = 0) -> pl.E
     return pl.col("value").filter(within_days(as_of, pl.col("ordered_at"), days, end_days)).sum()
 
 
-def purchase_intervals() -> pl.Expr:
-    """Days between a customer's consecutive orders."""
-    return pl.col("ordered_at").sort().diff().dt.total_microseconds().drop_nulls() / 86_400e6
+def purchase_gaps() -> pl.Expr:
+    """Days since the customer's previous order, on order rows sorted by time."""
+    return pl.col("ordered_at").diff().dt.total_microseconds().over("customer_id") / DAY_US
 
 
 def rfm(as_of: datetime) -> list[pl.Expr]:
@@ -57,8 +57,9 @@ def rfm(as_of: datetime) -> list[pl.Expr]:
 
 
 def rhythm(as_of: datetime) -> list[pl.Expr]:
-    """Inter-purchase intervals, their regularity, and how due the next order is."""
-    gaps = purchase_intervals()
+    """Inter-purchase intervals (`gap_days`, from `purchase_gaps`), their regularity, and how due
+    the next order is."""
+    gaps = pl.col("gap_days")
     return [
         gaps.mean().alias("ipi_mean_days"),
         gaps.std().alias("ipi_std_days"),
@@ -165,14 +166,20 @@ def email_engagement(as_of: datetime) -> list[pl.Expr]:
 
 
 def hour_profile() -> list[pl.Expr]:
-    """Activity counts by local hour of day (24) and day of week (7), and the peaks."""
-    hour = pl.col("local_at").dt.hour()
-    weekday = pl.col("local_at").dt.weekday() - 1  # Monday = 0
-    hour_of_week = weekday.cast(pl.Int32) * 24 + hour.cast(pl.Int32)
+    """On per-customer slot counts (`local_hour`, `local_weekday`, `n`): activity by local hour
+    of day (24) and day of week (7), and the busiest hour of the week (ties: the earliest)."""
+    n = pl.col("n")
+    hour_of_week = pl.col("local_weekday").cast(pl.Int32) * 24 + pl.col("local_hour").cast(pl.Int32)
     return [
-        *[(hour == h).sum().alias(f"hod_{h:02d}") for h in range(24)],
-        *[(weekday == d).sum().alias(f"dow_{d}") for d in range(7)],
-        pl.len().alias("activity_total"),
-        hour.mode().sort().first().alias("peak_local_hour"),
-        hour_of_week.mode().sort().first().alias("peak_hour_of_week"),
+        *[n.filter(pl.col("local_hour") == h).sum().alias(f"hod_{h:02d}") for h in range(24)],
+        *[n.filter(pl.col("local_weekday") == d).sum().alias(f"dow_{d}") for d in range(7)],
+        n.sum().alias("activity_total"),
+        hour_of_week.filter(n == n.max()).min().alias("peak_hour_of_week"),
     ]
+
+
+def peak_local_hour() -> pl.Expr:
+    """The busiest local hour of day (ties: the earliest), from the `hod_XX` counts."""
+    return (
+        pl.concat_list([f"hod_{h:02d}" for h in range(24)]).list.arg_max().alias("peak_local_hour")
+    )

@@ -8,6 +8,7 @@ from datetime import datetime
 from pathlib import Path
 
 import polars as pl
+
 from sendwise.store.files import atomic_path
 
 from .contract import (

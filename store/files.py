@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import polars as pl
+
 from sendwise.features.contract import SendwiseError
 
 FRAME_SUFFIXES = (".parquet", ".csv")

@@ -6,9 +6,9 @@ from datetime import UTC, datetime
 
 import polars as pl
 import pytest
+from future import future_rows
 from polars.testing import assert_frame_equal
 
-from future import future_rows
 from sendwise.features import builders
 from sendwise.features.clock import parse_as_of
 from sendwise.features.shop import read_shop, write_shop

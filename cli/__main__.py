@@ -1,0 +1,3 @@
+from sendwise.cli.main import entry_point
+
+entry_point()
