@@ -14,13 +14,13 @@ import polars as pl
 import typer
 from rich.console import Console
 
-from sendwise.features import builders, online_retail
 from sendwise.features.clock import parse_as_of
 from sendwise.features.contract import SendwiseError
 from sendwise.features.shop import read_shop, write_shop
-from sendwise.features.simulate import SimulationSettings, simulate
 from sendwise.store.files import write_frame
 from sendwise.store.settings import home
+
+# Each command imports what only it needs, so that start-up stays short.
 
 app = typer.Typer(
     help="sendwise: which offer, which products and when to send, for every email recipient.",
@@ -58,6 +58,8 @@ def simulate_command(
     end: Annotated[str, typer.Option(help="Last day of the shop's history.")] = "2026-06-30",
 ) -> None:
     """Write a synthetic shop (all six tables) with its ground truth in ground_truth/."""
+    from sendwise.features.simulate import SimulationSettings, simulate
+
     settings = SimulationSettings(customers=customers, seed=seed, end=parse_as_of(end))
     started = time.perf_counter()
     with console.status(f"Simulating {customers:,} customers..."):
@@ -74,6 +76,8 @@ def import_online_retail(
     out_dir: Annotated[Path, typer.Option("--out", help="Shop directory to write.")],
 ) -> None:
     """Import the UCI Online Retail data set; prints what was kept and dropped, and why."""
+    from sendwise.features import online_retail
+
     with console.status(f"Reading {file}..."):
         tables, summary = online_retail.convert(file)
         write_shop(tables, out_dir)
@@ -89,6 +93,8 @@ def features_build(
     out_file: Annotated[Path, typer.Option("--out", help="Output .parquet or .csv file.")],
 ) -> None:
     """One row per customer known on the cut-off; nothing after it is read."""
+    from sendwise.features import builders
+
     cutoff = parse_as_of(as_of)
     started = time.perf_counter()
     with console.status("Building features..."):
