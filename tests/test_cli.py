@@ -6,6 +6,7 @@ import polars as pl
 from typer.testing import CliRunner
 
 from sendwise.cli.main import app
+from sendwise.features.contract import TABLES
 from sendwise.features.shop import read_shop
 
 runner = CliRunner()
@@ -31,14 +32,7 @@ def test_simulate_then_build_features_as_parquet_and_csv(tmp_path):
     result = invoke("simulate", "--customers", "400", "--seed", "3", "--out", str(shop))
     assert "orders" in result.output
     assert (shop / "ground_truth" / "customers.parquet").is_file()
-    assert read_shop(shop).present == {
-        "orders",
-        "customers",
-        "products",
-        "events",
-        "email_events",
-        "assignments",
-    }
+    assert read_shop(shop).present == set(TABLES)  # all six
     for name in ("f.parquet", "f.csv"):
         invoke(
             "features",

@@ -9,6 +9,7 @@ import polars as pl
 import pytest
 
 from sendwise.features import builders
+from sendwise.features.contract import TABLES
 from sendwise.features.simulate import ARM_PROBABILITIES, ARMS, SimulationSettings, simulate
 
 
@@ -23,14 +24,7 @@ def test_same_seed_same_shop_other_seed_other_shop():
 
 
 def test_all_six_tables_pass_the_contract(simulated, simulated_shop):
-    assert simulated_shop.present == {
-        "orders",
-        "customers",
-        "products",
-        "events",
-        "email_events",
-        "assignments",
-    }
+    assert simulated_shop.present == set(TABLES)  # all six
     tables = simulated[1]
     assert (tables["orders"]["quantity"] < 0).any()  # returns
     assert tables["email_events"]["machine_open"].any()
