@@ -191,6 +191,17 @@ def _count_columns(frame: pl.LazyFrame) -> list[str]:
     ]
 
 
+def purchases_between(shop: Shop, start: datetime, end: datetime) -> pl.LazyFrame:
+    """Distinct (customer, product) pairs bought in (start, end]: the products' outcome."""
+    stamp = pl.col("ordered_at")
+    return (
+        purchase_lines(shop)
+        .filter((stamp > start) & (stamp <= end))
+        .select("customer_id", "product_id")
+        .unique()
+    )
+
+
 def purchase_labels(shop: Shop, as_of: datetime, horizon_days: int) -> pl.LazyFrame:
     """What each customer known at `as_of` bought in (as_of, as_of + horizon]."""
     end = as_of + timedelta(days=horizon_days)
@@ -222,6 +233,7 @@ def interactions(shop: Shop, as_of: datetime) -> pl.LazyFrame:
         .agg(
             pl.col("order_id").n_unique().alias("orders"),
             pl.col("quantity").sum(),
+            pl.col("ordered_at").min().alias("first_ordered_at"),
             pl.col("ordered_at").max().alias("last_ordered_at"),
         )
         .sort("customer_id", "product_id")

@@ -1,0 +1,375 @@
+"""Products: one ranked list per customer, mixing what is due again with cross-sell.
+
+Candidates per customer come from their own history (re-purchase), item-to-item co-purchase
+neighbours of what they bought (cross-sell) and what is trending (cold start). Each
+(customer, product) pair gets features: how often and how lately the customer bought it, how
+due it is against the product's typical re-purchase interval, co-purchase strength, popularity
+and its trend. A LightGBM classifier learned on past cut-offs ranks the candidates.
+
+Histories are long frames `customer_id, product_id, orders, quantity, first_ordered_at,
+last_ordered_at` (see `features.builders.interactions`); the model reads nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+from implicit.als import AlternatingLeastSquares
+from implicit.nearest_neighbours import bm25_weight
+
+from .base import ModelFitError, check_is_fitted, load_arrays, matrix, save_arrays
+
+PAIR_FEATURES = [
+    "own_orders",
+    "own_quantity",
+    "own_days_since",
+    "own_days_since_first",
+    "own_share",
+    "due_ratio",
+    "cf_score",
+    "cf_rank",
+    "pop_orders",
+    "pop_buyers",
+    "pop_30d",
+    "pop_90d",
+    "pop_trend",
+    "pop_rank",
+    "repeat_rate",
+    "repeat_interval_days",
+    "user_orders",
+    "user_products",
+    "user_days_since",
+    "als_score",
+    "als_rank",
+]
+
+
+@dataclass
+class _Index:
+    customers: np.ndarray
+    products: np.ndarray
+
+    def customer_codes(self, values: pl.Series) -> np.ndarray:
+        return _codes(self.customers, values)
+
+    def product_codes(self, values: pl.Series) -> np.ndarray:
+        return _codes(self.products, values)
+
+
+def _codes(sorted_values: np.ndarray, values: pl.Series) -> np.ndarray:
+    """Position of each value in a sorted array, -1 where absent."""
+    values = values.to_numpy().astype(str)
+    pos = np.searchsorted(sorted_values, values)
+    pos = np.clip(pos, 0, len(sorted_values) - 1)
+    return np.where(sorted_values[pos] == values, pos, -1)
+
+
+def _top_k(scores: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row of a sparse score matrix, its k largest entries: (row, column, value)."""
+    rows, cols, vals = [], [], []
+    indptr, indices, data = scores.indptr, scores.indices, scores.data
+    for r in range(scores.shape[0]):
+        start, end = indptr[r], indptr[r + 1]
+        if end == start:
+            continue
+        chunk = data[start:end]
+        take = np.argsort(-chunk)[:k] if end - start > k else np.arange(end - start)
+        rows.append(np.full(take.size, r))
+        cols.append(indices[start:end][take])
+        vals.append(chunk[take])
+    if not rows:
+        return np.array([], int), np.array([], int), np.array([])
+    return np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
+
+
+class ProductRanker:
+    def __init__(
+        self,
+        *,
+        cf_candidates: int = 30,
+        popular_candidates: int = 20,
+        als_candidates: int = 30,
+        als_factors: int = 64,
+        neighbours: int = 50,
+        n_estimators: int = 200,
+        learning_rate: float = 0.05,
+        num_leaves: int = 31,
+        min_child_samples: int = 50,
+        random_state: int = 0,
+    ):
+        self.cf_candidates = cf_candidates
+        self.popular_candidates = popular_candidates
+        self.als_candidates = als_candidates
+        self.als_factors = als_factors
+        self.neighbours = neighbours
+        self.n_estimators = n_estimators
+        self.learning_rate = learning_rate
+        self.num_leaves = num_leaves
+        self.min_child_samples = min_child_samples
+        self.random_state = random_state
+
+    def get_params(self) -> dict:
+        return {k: getattr(self, k) for k in self.__init__.__kwdefaults__}
+
+    # --- candidates and their features ----------------------------------------------------
+
+    def candidates(self, history: pl.DataFrame, as_of: datetime) -> pl.DataFrame:
+        """Every candidate (customer, product) pair with its features, for one cut-off."""
+        index = _Index(
+            np.sort(history["customer_id"].unique().to_numpy().astype(str)),
+            np.sort(history["product_id"].unique().to_numpy().astype(str)),
+        )
+        n_users, n_items = len(index.customers), len(index.products)
+        u = index.customer_codes(history["customer_id"])
+        i = index.product_codes(history["product_id"])
+        age = (pl.lit(as_of) - history["last_ordered_at"]).dt.total_hours() / 24
+        days_since = history.select(age).to_series().to_numpy()
+        bought = sp.csr_matrix((np.ones(len(u)), (u, i)), shape=(n_users, n_items))
+        # co-purchase: cosine between products over their buyers, top neighbours kept
+        buyers = np.asarray(bought.sum(axis=0)).ravel()
+        norm = 1 / np.sqrt(np.maximum(buyers, 1))
+        scaled = bought @ sp.diags(norm)
+        similar = (scaled.T @ scaled).tocsr()
+        similar.setdiag(0)
+        similar.eliminate_zeros()
+        r, c, v = _top_k(similar, self.neighbours)
+        similar = sp.csr_matrix((v, (r, c)), shape=(n_items, n_items))
+        weight = sp.csr_matrix(
+            (np.log1p(history["orders"].to_numpy()) * np.exp(-days_since / 180), (u, i)),
+            shape=(n_users, n_items),
+        )
+        cf = (weight @ similar).tocsr()
+        cf_rows, cf_cols, _ = _top_k(cf - cf.multiply(bought), self.cf_candidates)
+        als = AlternatingLeastSquares(
+            factors=self.als_factors,
+            iterations=15,
+            regularization=0.01,
+            random_state=self.random_state,
+            num_threads=2,
+        )
+        own_counts = sp.csr_matrix(
+            (history["orders"].to_numpy().astype(np.float32), (u, i)), shape=(n_users, n_items)
+        )
+        als.fit(bm25_weight(own_counts, K1=100, B=0.8).tocsr(), show_progress=False)
+        als_items, _ = als.recommend(
+            np.arange(n_users), own_counts, N=self.als_candidates, filter_already_liked_items=True
+        )
+        als_rows = np.repeat(np.arange(n_users), als_items.shape[1])
+        als_cols = als_items.ravel()
+        keep = als_cols >= 0
+        als_rows, als_cols = als_rows[keep], als_cols[keep]
+        item_stats = self._item_stats(history, i, n_items, as_of)
+        popular = np.argsort(-item_stats["pop_30d"] - 1e-3 * item_stats["pop_orders"])[
+            : self.popular_candidates
+        ]
+        pairs = np.unique(
+            np.concatenate(
+                [
+                    np.stack([u, i], 1),
+                    np.stack([cf_rows, cf_cols], 1),
+                    np.stack([als_rows, als_cols], 1),
+                    np.stack(
+                        [np.repeat(np.arange(n_users), popular.size), np.tile(popular, n_users)],
+                        1,
+                    ),
+                ]
+            ),
+            axis=0,
+        )
+        pu, pi = pairs[:, 0], pairs[:, 1]
+        own = sp.csr_matrix((history["orders"].to_numpy(), (u, i)), shape=(n_users, n_items))
+        qty = sp.csr_matrix((history["quantity"].to_numpy(), (u, i)), shape=(n_users, n_items))
+        since = sp.csr_matrix((days_since + 1e-3, (u, i)), shape=(n_users, n_items))
+        first = (pl.lit(as_of) - history["first_ordered_at"]).dt.total_hours() / 24
+        since_first = sp.csr_matrix(
+            (history.select(first).to_series().to_numpy() + 1e-3, (u, i)), shape=(n_users, n_items)
+        )
+        user_orders = np.asarray(own.sum(axis=1)).ravel()
+        user_products = np.diff(own.indptr)
+        user_since = np.full(n_users, np.inf)
+        np.minimum.at(user_since, u, days_since)
+        own_days = np.asarray(since[pu, pi]).ravel()
+        own_days = np.where(own_days > 0, own_days, np.nan)
+        cf_pair = np.asarray(cf[pu, pi]).ravel()
+        cf_rank = _rank_within(pu, -cf_pair)
+        als_pair = np.einsum("ij,ij->i", als.user_factors[pu], als.item_factors[pi])
+        als_rank = _rank_within(pu, -als_pair)
+        features = {
+            "own_orders": np.asarray(own[pu, pi]).ravel(),
+            "own_quantity": np.asarray(qty[pu, pi]).ravel(),
+            "own_days_since": own_days,
+            "own_days_since_first": np.where(
+                np.isnan(own_days), np.nan, np.asarray(since_first[pu, pi]).ravel()
+            ),
+            "own_share": np.asarray(own[pu, pi]).ravel() / np.maximum(user_orders[pu], 1),
+            "due_ratio": own_days / np.maximum(item_stats["repeat_interval_days"][pi], 1.0),
+            "cf_score": cf_pair,
+            "cf_rank": cf_rank.astype(float),
+            "als_score": als_pair,
+            "als_rank": als_rank.astype(float),
+            "user_orders": user_orders[pu],
+            "user_products": user_products[pu].astype(float),
+            "user_days_since": user_since[pu],
+        }
+        for name in (
+            "pop_orders",
+            "pop_buyers",
+            "pop_30d",
+            "pop_90d",
+            "pop_trend",
+            "pop_rank",
+            "repeat_rate",
+            "repeat_interval_days",
+        ):
+            features[name] = item_stats[name][pi]
+        return pl.DataFrame(
+            {
+                "customer_id": index.customers[pu],
+                "product_id": index.products[pi],
+                **{name: features[name].astype(np.float32) for name in PAIR_FEATURES},
+            }
+        )
+
+    @staticmethod
+    def _item_stats(history: pl.DataFrame, i: np.ndarray, n_items: int, as_of: datetime) -> dict:
+        orders = history["orders"].to_numpy().astype(float)
+        last = history["last_ordered_at"]
+        recent_30 = (last > as_of - timedelta(days=30)).to_numpy()
+        recent_90 = (last > as_of - timedelta(days=90)).to_numpy()
+        span = (history["last_ordered_at"] - history["first_ordered_at"]).dt.total_hours() / 24
+        span = span.to_numpy()
+        repeat = orders >= 2
+        stats = {
+            "pop_orders": np.bincount(i, orders, n_items),
+            "pop_buyers": np.bincount(i, minlength=n_items).astype(float),
+            "pop_30d": np.bincount(i, recent_30.astype(float), n_items),
+            "pop_90d": np.bincount(i, recent_90.astype(float), n_items),
+        }
+        stats["pop_trend"] = stats["pop_30d"] / np.maximum(stats["pop_90d"] / 3, 1)
+        stats["pop_rank"] = np.argsort(np.argsort(-stats["pop_orders"])).astype(float)
+        stats["repeat_rate"] = np.bincount(i, repeat.astype(float), n_items) / np.maximum(
+            stats["pop_buyers"], 1
+        )
+        gaps = np.where(repeat, span / np.maximum(orders - 1, 1), 0)
+        n_repeat = np.bincount(i, repeat.astype(float), n_items)
+        stats["repeat_interval_days"] = np.where(
+            n_repeat > 0, np.bincount(i, gaps, n_items) / np.maximum(n_repeat, 1), np.nan
+        )
+        return stats
+
+    # --- learning and ranking -------------------------------------------------------------
+
+    def fit(self, examples: list[tuple[pl.DataFrame, datetime, pl.DataFrame]]) -> ProductRanker:
+        """Learn from (history up to a cut-off, the cut-off, pairs bought in the horizon after)."""
+        frames = []
+        for history, cutoff, bought in examples:
+            pairs = self.candidates(history, cutoff)
+            target = (
+                bought.select("customer_id", "product_id")
+                .unique()
+                .with_columns(bought=pl.lit(True))
+            )
+            frames.append(
+                pairs.join(target, on=["customer_id", "product_id"], how="left").with_columns(
+                    pl.col("bought").fill_null(False)
+                )
+            )
+        train = pl.concat(frames).sort("customer_id", maintain_order=True)
+        self.booster_ = self._learn(train)
+        self.booster_new_ = self._learn(train.filter(pl.col("own_orders") == 0))
+        return self
+
+    def _learn(self, train: pl.DataFrame, objective: str = "lambdarank") -> lgb.Booster:
+        """LambdaRank within each customer's candidates (only customers with a purchase teach)."""
+        train = train.filter(pl.col("bought").any().over("customer_id"))
+        if train.is_empty():
+            raise ModelFitError("the product ranker needs candidates that were then bought")
+        groups = train.group_by("customer_id", maintain_order=True).len()["len"].to_numpy()
+        params = {
+            "objective": objective,
+            "lambdarank_truncation_level": 20,
+            "learning_rate": self.learning_rate,
+            "num_leaves": self.num_leaves,
+            "min_child_samples": self.min_child_samples,
+            "feature_fraction": 0.9,
+            "bagging_fraction": 0.8,
+            "bagging_freq": 1,
+            "seed": self.random_state,
+            "num_threads": 2,
+            "verbose": -1,
+        }
+        data = lgb.Dataset(
+            matrix(train, PAIR_FEATURES),
+            train["bought"].to_numpy().astype(np.float32),
+            group=groups,
+        )
+        return lgb.train(params, data, self.n_estimators)
+
+    def rank(
+        self,
+        history: pl.DataFrame,
+        as_of: datetime,
+        n: int = 10,
+        exclude: pl.DataFrame | None = None,
+        new_only: bool = False,
+    ) -> pl.DataFrame:
+        """Top-`n` products per customer in `history`: `customer_id`, `products`, `scores`.
+
+        `exclude` lists (customer_id, product_id) pairs never to recommend (business rules);
+        `new_only` keeps only products the customer has not bought.
+        """
+        check_is_fitted(self, "booster_")
+        pairs = self.candidates(history, as_of)
+        if new_only:
+            pairs = pairs.filter(pl.col("own_orders") == 0)
+        if exclude is not None:
+            pairs = pairs.join(exclude, on=["customer_id", "product_id"], how="anti")
+        booster = self.booster_new_ if new_only else self.booster_
+        scores = booster.predict(matrix(pairs, PAIR_FEATURES))
+        return (
+            pairs.select("customer_id", "product_id")
+            .with_columns(score=scores)
+            .sort(["customer_id", "score"], descending=[False, True])
+            .group_by("customer_id", maintain_order=True)
+            .agg(
+                pl.col("product_id").head(n).alias("products"),
+                pl.col("score").head(n).alias("scores"),
+            )
+        )
+
+    @property
+    def feature_importances_(self) -> dict[str, float]:
+        check_is_fitted(self, "booster_")
+        gain = self.booster_.feature_importance("gain")
+        return dict(zip(PAIR_FEATURES, (gain / gain.sum()).round(4), strict=True))
+
+    def save(self, path: str | Path) -> None:
+        check_is_fitted(self, "booster_")
+        save_arrays(path, {"params": self.get_params()})
+        Path(path, "booster.txt").write_text(self.booster_.model_to_string())
+        Path(path, "booster_new.txt").write_text(self.booster_new_.model_to_string())
+
+    @classmethod
+    def load(cls, path: str | Path) -> ProductRanker:
+        settings, _ = load_arrays(path)
+        model = cls(**settings["params"])
+        model.booster_ = lgb.Booster(model_str=Path(path, "booster.txt").read_text())
+        model.booster_new_ = lgb.Booster(model_str=Path(path, "booster_new.txt").read_text())
+        return model
+
+
+def _rank_within(groups: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """1-based rank of each key within its group (groups need not be sorted)."""
+    order = np.lexsort((keys, groups))
+    ranks = np.empty(len(keys), dtype=np.int64)
+    sorted_groups = groups[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_groups)) + 1]
+    position = np.arange(len(keys)) - np.repeat(starts, np.diff(np.r_[starts, len(keys)]))
+    ranks[order] = position + 1
+    return ranks

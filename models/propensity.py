@@ -1,0 +1,136 @@
+"""Purchase propensity: P(purchase within the horizon), calibrated, with per-customer reasons.
+
+LightGBM learns on examples stacked from several past cut-offs; a logistic (Platt) map learned
+on the most recent cut-off, out of time for the booster that scored it, turns scores into
+probabilities. The map is monotone, so calibration never changes the ranking.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+import polars as pl
+from sklearn.linear_model import LogisticRegression
+
+from .base import ModelFitError, check_is_fitted, load_arrays, matrix, save_arrays
+
+
+class PurchasePropensity:
+    def __init__(
+        self,
+        *,
+        n_estimators: int = 500,
+        learning_rate: float = 0.02,
+        num_leaves: int = 7,
+        min_child_samples: int = 100,
+        feature_fraction: float = 0.8,
+        bagging_fraction: float = 0.8,
+        lambda_l2: float = 1.0,
+        random_state: int = 0,
+    ):
+        self.n_estimators = n_estimators
+        self.learning_rate = learning_rate
+        self.num_leaves = num_leaves
+        self.min_child_samples = min_child_samples
+        self.feature_fraction = feature_fraction
+        self.bagging_fraction = bagging_fraction
+        self.lambda_l2 = lambda_l2
+        self.random_state = random_state
+
+    def get_params(self) -> dict:
+        return {k: getattr(self, k) for k in self.__init__.__kwdefaults__}
+
+    def _params(self) -> dict:
+        return {
+            "objective": "binary",
+            "learning_rate": self.learning_rate,
+            "num_leaves": self.num_leaves,
+            "min_child_samples": self.min_child_samples,
+            "feature_fraction": self.feature_fraction,
+            "bagging_fraction": self.bagging_fraction,
+            "bagging_freq": 1,
+            "lambda_l2": self.lambda_l2,
+            "seed": self.random_state,
+            "num_threads": 2,
+            "verbose": -1,
+        }
+
+    def fit(
+        self,
+        X: pl.DataFrame,
+        y: np.ndarray,
+        *,
+        calibration: np.ndarray | None = None,
+        callbacks: list | None = None,
+    ) -> PurchasePropensity:
+        """Learn from X (numeric feature columns) and y (bought or not).
+
+        `calibration` marks the rows (the latest cut-off) that fit the probability map out of
+        time; the booster is then refitted on every row. Without it, scores are used as is.
+        """
+        y = np.asarray(y, dtype=np.float32)
+        if len(y) == 0 or y.min() == y.max():
+            raise ModelFitError("purchase propensity needs both buyers and non-buyers to learn")
+        self.feature_names_ = list(X.columns)
+        features = matrix(X, self.feature_names_)
+        if calibration is not None and calibration.any() and (~calibration).any():
+            early = lgb.train(
+                self._params(),
+                lgb.Dataset(features[~calibration], y[~calibration]),
+                self.n_estimators,
+            )
+            scores = early.predict(features[calibration], raw_score=True)
+            platt = LogisticRegression(C=1e4).fit(scores[:, None], y[calibration])
+            self.calibration_ = np.array([platt.coef_[0, 0], platt.intercept_[0]])
+        else:
+            self.calibration_ = np.array([1.0, 0.0])
+        self.booster_ = lgb.train(
+            self._params(), lgb.Dataset(features, y), self.n_estimators, callbacks=callbacks
+        )
+        return self
+
+    def score(self, X: pl.DataFrame) -> np.ndarray:
+        """Uncalibrated raw scores (log-odds), the order the booster ranks by."""
+        check_is_fitted(self, "booster_")
+        return self.booster_.predict(matrix(X, self.feature_names_), raw_score=True)
+
+    def predict_proba(self, X: pl.DataFrame) -> np.ndarray:
+        """Calibrated P(purchase within the horizon)."""
+        slope, intercept = self.calibration_
+        return 1 / (1 + np.exp(-(slope * self.score(X) + intercept)))
+
+    @property
+    def feature_importances_(self) -> dict[str, float]:
+        check_is_fitted(self, "booster_")
+        gain = self.booster_.feature_importance("gain")
+        return dict(
+            sorted(zip(self.feature_names_, gain / gain.sum(), strict=True), key=lambda kv: -kv[1])
+        )
+
+    def top_reasons(self, X: pl.DataFrame, k: int = 3) -> list[list[str]]:
+        """Per row, the features that raise the score most (SHAP contributions)."""
+        check_is_fitted(self, "booster_")
+        contrib = self.booster_.predict(matrix(X, self.feature_names_), pred_contrib=True)[:, :-1]
+        order = np.argsort(-contrib, axis=1)[:, :k]
+        names = np.array(self.feature_names_)
+        return [list(names[row][contrib[i, row] > 0]) for i, row in enumerate(order)]
+
+    def save(self, path: str | Path) -> None:
+        check_is_fitted(self, "booster_")
+        save_arrays(
+            path,
+            {"params": self.get_params(), "feature_names": self.feature_names_},
+            calibration=self.calibration_,
+        )
+        Path(path, "booster.txt").write_text(self.booster_.model_to_string())
+
+    @classmethod
+    def load(cls, path: str | Path) -> PurchasePropensity:
+        settings, arrays = load_arrays(path)
+        model = cls(**settings["params"])
+        model.feature_names_ = settings["feature_names"]
+        model.calibration_ = arrays["calibration"]
+        model.booster_ = lgb.Booster(model_str=Path(path, "booster.txt").read_text())
+        return model

@@ -1,0 +1,65 @@
+"""Backtest metrics, each a plain function of predictions and outcomes."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+
+def propensity_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    """Ranking (ROC-AUC, PR-AUC, top-decile lift) and calibration (Brier, ECE) of P(purchase)."""
+    y = np.asarray(y, dtype=float)
+    top = np.argsort(-p)[: max(len(p) // 10, 1)]
+    bins = np.minimum((p * 10).astype(int), 9)
+    ece = sum(
+        abs(y[bins == b].mean() - p[bins == b].mean()) * (bins == b).mean()
+        for b in range(10)
+        if (bins == b).any()
+    )
+    return {
+        "roc_auc": float(roc_auc_score(y, p)),
+        "pr_auc": float(average_precision_score(y, p)),
+        "lift_top_decile": float(y[top].mean() / y.mean()),
+        "brier": float(np.mean((p - y) ** 2)),
+        "ece": float(ece),
+    }
+
+
+def ranking_metrics(
+    recommended: pl.DataFrame, truth: pl.DataFrame, k: int = 10
+) -> dict[str, float]:
+    """NDCG@k and recall@k over every customer with at least one true item.
+
+    `recommended`: customer_id, products (list, best first); `truth`: customer_id, product_id.
+    A customer with no recommendation scores zero.
+    """
+    relevant = truth.group_by("customer_id").agg(pl.col("product_id").alias("truth"))
+    joined = relevant.join(
+        recommended.select("customer_id", "products"), on="customer_id", how="left"
+    )
+    discounts = 1 / np.log2(np.arange(2, k + 2))
+    ndcg, recall = [], []
+    for items, shown in joined.select("truth", "products").iter_rows():
+        wanted = set(items)
+        hits = np.array([p in wanted for p in (shown or [])[:k]], dtype=float)
+        dcg = float((hits * discounts[: hits.size]).sum())
+        ideal = float(discounts[: min(len(wanted), k)].sum())
+        ndcg.append(dcg / ideal)
+        recall.append(hits.sum() / len(wanted))
+    return {
+        f"ndcg@{k}": float(np.mean(ndcg)),
+        f"recall@{k}": float(np.mean(recall)),
+        "customers": len(ndcg),
+    }
+
+
+def hour_hits(best_hours: list[list[int]], actual: np.ndarray) -> dict[str, float]:
+    """hit@1 and hit@3: the actual hour is the first, or among the first three, predicted."""
+    first = np.array([hours[0] if hours else -1 for hours in best_hours])
+    top3 = [set(hours[:3]) for hours in best_hours]
+    return {
+        "hit@1": float(np.mean(first == actual)),
+        "hit@3": float(np.mean([a in s for a, s in zip(actual, top3, strict=True)])),
+        "customers": len(actual),
+    }
