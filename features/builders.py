@@ -89,6 +89,34 @@ def local_activity(shop: Shop, as_of: datetime) -> pl.LazyFrame:
     return with_local_time(located, zones)
 
 
+def activity_hours(shop: Shop, as_of: datetime) -> pl.LazyFrame:
+    """`local_activity` reduced to what send-time models read: local hour, source and age."""
+    return local_activity(shop, as_of).select(
+        "customer_id",
+        "source",
+        "timezone",
+        local_hour=pl.col("local_at").dt.hour(),
+        age_days=(pl.lit(as_of) - pl.col("occurred_at")).dt.total_hours() / 24,
+    )
+
+
+def first_purchase_hours(shop: Shop, as_of: datetime, horizon_days: int) -> pl.LazyFrame:
+    """Local hour of each customer's first order in (as_of, as_of + horizon]: send time's target."""
+    end = as_of + timedelta(days=horizon_days)
+    window = purchase_orders(shop).filter(
+        (pl.col("ordered_at") > as_of) & (pl.col("ordered_at") <= end)
+    )
+    first = window.group_by("customer_id").agg(pl.col("ordered_at").min().alias("occurred_at"))
+    fallback = shop_timezone(shop.until(as_of))
+    zones = shop.customers.select(pl.col("timezone").fill_null(fallback).unique()).collect()
+    located = first.join(
+        shop.customers.select("customer_id", "timezone"), on="customer_id", how="left"
+    ).with_columns(pl.col("timezone").fill_null(fallback))
+    return with_local_time(located, sorted(set(zones.to_series().to_list()) | {fallback})).select(
+        "customer_id", local_hour=pl.col("local_at").dt.hour()
+    )
+
+
 def abandoned_carts(shop: Shop) -> pl.LazyFrame:
     """Web events with an `abandoned` flag: an add-to-cart with no order within CART_WINDOW."""
     carts = shop.events.filter(pl.col("event_type") == "add_to_cart").sort("occurred_at")

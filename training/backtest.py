@@ -1,0 +1,255 @@
+"""Backtests: fit on what was known at T, judge on (T, T+H], each model beside its baselines.
+
+`train` reuses these functions with T - H as the cut-off, so a model's logged validation
+metrics are a backtest on the latest window that ends by its own training cut-off.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import numpy as np
+import polars as pl
+
+from sendwise.features import builders
+from sendwise.features.shop import Shop
+from sendwise.models.baselines import BGNBD, ColumnScore
+from sendwise.models.products import ProductRanker
+from sendwise.models.propensity import PurchasePropensity
+from sendwise.models.sendtime import PersonalHistogram, SendTimeModel, ShopBestHours
+
+from .datasets import CUTOFF_STRIDE_DAYS, TRAINING_CUTOFFS, labelled, training_cutoffs
+from .metrics import hour_hits, propensity_metrics, ranking_metrics
+
+log = logging.getLogger(__name__)
+
+RFM_FEATURES = [
+    "recency_days",
+    "orders_total",
+    "revenue_total",
+    "first_order_days",
+    "avg_order_value",
+]
+PRODUCT_CUTOFFS = 3
+SENDTIME_GRID = {
+    "prior_strength": [3.0, 10.0, 30.0, 100.0],
+    "kernel_width": [0.6, 1.0, 1.5],
+    "half_life_days": [None, 90.0, 180.0],
+}
+PRIMARY_METRIC = {"propensity": "roc_auc", "crosssell": "ndcg@10", "sendtime": "hit@3"}
+
+
+@dataclass
+class Section:
+    """One task's rows: model name -> metrics, the sendwise model first."""
+
+    task: str
+    rows: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def propensity_features(frame: pl.DataFrame) -> list[str]:
+    """Model inputs for propensity: the hour-profile columns add noise, not signal (measured)."""
+    from .datasets import feature_columns
+
+    return [f for f in feature_columns(frame) if not f.startswith(("hod_", "dow_", "peak_"))]
+
+
+def fit_propensity(
+    shop: Shop, as_of: datetime, horizon_days: int, **params
+) -> tuple[PurchasePropensity, pl.DataFrame]:
+    """The propensity model trained on cut-offs whose outcome windows end by `as_of`."""
+    cutoffs = training_cutoffs(as_of, horizon_days, TRAINING_CUTOFFS, CUTOFF_STRIDE_DAYS)
+    train = labelled(shop, cutoffs, horizon_days, buyers_only=True).frame
+    features = propensity_features(train)
+    model = PurchasePropensity(**params).fit(
+        train.select(features),
+        train["purchased"].to_numpy(),
+        calibration=(train["cutoff"] == cutoffs[0]).to_numpy(),
+    )
+    return model, train
+
+
+def backtest_propensity(shop: Shop, as_of: datetime, horizon_days: int, **params) -> Section:
+    model, train = fit_propensity(shop, as_of, horizon_days, **params)
+    test = labelled(shop, [as_of], horizon_days, buyers_only=True).frame
+    y = test["purchased"].to_numpy()
+    section = Section("propensity")
+    section.rows["sendwise"] = propensity_metrics(y, model.predict_proba(test))
+    rfm = PurchasePropensity().fit(train.select(RFM_FEATURES), train["purchased"].to_numpy())
+    section.rows["rfm_lightgbm"] = propensity_metrics(y, rfm.predict_proba(test))
+    section.rows["bgnbd"] = propensity_metrics(
+        y, BGNBD(horizon_days=horizon_days).fit(test).predict_proba(test)
+    )
+    section.rows["recency"] = propensity_metrics(
+        y, ColumnScore(column="recency_days", ascending=True).fit(test).predict_proba(test)
+    )
+    section.rows["frequency"] = propensity_metrics(
+        y, ColumnScore(column="orders_total").fit(test).predict_proba(test)
+    )
+    return section
+
+
+def product_examples(shop: Shop, as_of: datetime, horizon_days: int):
+    cutoffs = training_cutoffs(as_of, horizon_days, PRODUCT_CUTOFFS, CUTOFF_STRIDE_DAYS)
+    return [
+        (
+            builders.interactions(shop, c).collect(),
+            c,
+            builders.purchases_between(shop, c, c + timedelta(days=horizon_days)).collect(),
+        )
+        for c in cutoffs
+    ]
+
+
+def fit_products(shop: Shop, as_of: datetime, horizon_days: int, **params) -> ProductRanker:
+    return ProductRanker(**params).fit(product_examples(shop, as_of, horizon_days))
+
+
+def _baseline_lists(history: pl.DataFrame, new_only: bool, n: int = 10) -> dict[str, pl.DataFrame]:
+    """Popularity, the customer's own most-bought items, and plain ALS, as ranked lists."""
+    import scipy.sparse as sp
+    from implicit.als import AlternatingLeastSquares
+
+    popularity = (
+        history.group_by("product_id")
+        .agg(pl.col("orders").sum().alias("pop"))
+        .sort("pop", descending=True)
+    )
+    customers = history.select("customer_id").unique().sort("customer_id")
+    ranks = {}
+    candidates = customers.join(popularity.head(200), how="cross")
+    if new_only:
+        candidates = candidates.join(history, on=["customer_id", "product_id"], how="anti")
+    ranks["popularity"] = (
+        candidates.sort(["customer_id", "pop"], descending=[False, True])
+        .group_by("customer_id", maintain_order=True)
+        .agg(pl.col("product_id").head(n).alias("products"))
+    )
+    if not new_only:
+        ranks["own_most_bought"] = (
+            history.join(popularity, on="product_id")
+            .sort(["customer_id", "orders", "pop"], descending=[False, True, True])
+            .group_by("customer_id", maintain_order=True)
+            .agg(pl.col("product_id").head(n).alias("products"))
+        )
+    users = customers["customer_id"].to_numpy().astype(str)
+    items = np.sort(history["product_id"].unique().to_numpy().astype(str))
+    u = np.searchsorted(users, history["customer_id"].to_numpy().astype(str))
+    i = np.searchsorted(items, history["product_id"].to_numpy().astype(str))
+    matrix = sp.csr_matrix(
+        (history["orders"].to_numpy().astype(np.float32), (u, i)), shape=(len(users), len(items))
+    )
+    als = AlternatingLeastSquares(
+        factors=64, iterations=15, regularization=0.01, random_state=0, num_threads=2
+    )
+    als.fit(matrix, show_progress=False)
+    ids, _ = als.recommend(np.arange(len(users)), matrix, N=n, filter_already_liked_items=new_only)
+    ranks["als"] = pl.DataFrame(
+        {"customer_id": users, "products": [list(items[row[row >= 0]]) for row in ids]}
+    )
+    return ranks
+
+
+def backtest_products(shop: Shop, as_of: datetime, horizon_days: int, **params) -> list[Section]:
+    model = fit_products(shop, as_of, horizon_days, **params)
+    history = builders.interactions(shop, as_of).collect()
+    truth = builders.purchases_between(shop, as_of, as_of + timedelta(days=horizon_days)).collect()
+    truth = truth.join(history.select("customer_id").unique(), on="customer_id", how="semi")
+    new_truth = truth.join(history, on=["customer_id", "product_id"], how="anti")
+    sections = []
+    for task, new_only, wanted in (
+        ("products_all", False, truth),
+        ("products_new", True, new_truth),
+    ):
+        section = Section(task)
+        section.rows["sendwise"] = ranking_metrics(
+            model.rank(history, as_of, new_only=new_only), wanted
+        )
+        for name, lists in _baseline_lists(history, new_only).items():
+            section.rows[name] = ranking_metrics(lists, wanted)
+        sections.append(section)
+    return sections
+
+
+def sendtime_inputs(shop: Shop, as_of: datetime) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(activity hours, customer groups) known at `as_of`; the group is the time zone."""
+    activity = builders.activity_hours(shop, as_of).collect()
+    groups = (
+        builders.customer_features(shop, as_of)
+        .select("customer_id", group=pl.col("timezone"))
+        .collect()
+    )
+    return activity, groups
+
+
+def _sendtime_target(shop: Shop, as_of: datetime, horizon_days: int, groups: pl.DataFrame):
+    truth = builders.first_purchase_hours(shop, as_of, horizon_days).collect()
+    judged = groups.join(truth, on="customer_id")
+    return judged.select("customer_id", "group"), judged["local_hour"].to_numpy()
+
+
+def select_sendtime(shop: Shop, as_of: datetime, horizon_days: int) -> dict:
+    """Settings with the best mean hit@1 + hit@3 over the windows ending by `as_of`."""
+    windows = []
+    for cutoff in training_cutoffs(as_of, horizon_days, PRODUCT_CUTOFFS, CUTOFF_STRIDE_DAYS):
+        activity, groups = sendtime_inputs(shop, cutoff)
+        judged, actual = _sendtime_target(shop, cutoff, horizon_days, groups)
+        if len(actual):
+            windows.append((activity, groups, judged, actual))
+    if not windows:
+        return {}
+    scores = {}
+    for values in itertools.product(*SENDTIME_GRID.values()):
+        params = dict(zip(SENDTIME_GRID, values, strict=True))
+        total = 0.0
+        for activity, groups, judged, actual in windows:
+            model = SendTimeModel(**params).fit(activity, groups)
+            hits = hour_hits(model.best_hours(activity, judged), actual)
+            total += hits["hit@1"] + hits["hit@3"]
+        scores[values] = total
+    best = max(scores, key=scores.get)
+    return dict(zip(SENDTIME_GRID, best, strict=True))
+
+
+def fit_sendtime(shop: Shop, as_of: datetime, horizon_days: int, **params) -> SendTimeModel:
+    settings = params or select_sendtime(shop, as_of, horizon_days)
+    activity, groups = sendtime_inputs(shop, as_of)
+    return SendTimeModel(**settings).fit(activity, groups)
+
+
+def backtest_sendtime(shop: Shop, as_of: datetime, horizon_days: int, **params) -> Section:
+    model = fit_sendtime(shop, as_of, horizon_days, **params)
+    activity, groups = sendtime_inputs(shop, as_of)
+    judged, actual = _sendtime_target(shop, as_of, horizon_days, groups)
+    section = Section("sendtime")
+    section.rows["sendwise"] = hour_hits(model.best_hours(activity, judged), actual)
+    for name, baseline in (
+        ("shop_best_hours", ShopBestHours()),
+        ("personal_histogram", PersonalHistogram()),
+    ):
+        section.rows[name] = hour_hits(
+            baseline.fit(activity, groups).best_hours(activity, judged), actual
+        )
+    return section
+
+
+TASKS = {
+    "propensity": lambda shop, t, h: [backtest_propensity(shop, t, h)],
+    "crosssell": backtest_products,
+    "sendtime": lambda shop, t, h: [backtest_sendtime(shop, t, h)],
+}
+
+
+def backtest(
+    shop: Shop, as_of: datetime, horizon_days: int, tasks: list[str] | None = None, progress=None
+) -> list[Section]:
+    """Every model and its baselines on (as_of, as_of + horizon]."""
+    sections = []
+    for task in tasks or list(TASKS):
+        if progress:
+            progress(task)
+        sections += TASKS[task](shop, as_of, horizon_days)
+    return sections
