@@ -1,0 +1,198 @@
+"""The decision engine: champion models and business rules, callable without HTTP.
+
+`Champions.load()` resolves the `champion` alias of each model through the registry room;
+`score_batch` turns a shop known at T into one decision row per customer.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import polars as pl
+
+from sendwise.features import builders
+from sendwise.features.clock import with_local_time
+from sendwise.features.shop import Shop
+from sendwise.models.products import ProductRanker
+from sendwise.models.propensity import PurchasePropensity
+from sendwise.models.sendtime import SendTimeModel
+from sendwise.store import registry
+
+from .segments import SegmentRules
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Champions:
+    propensity: PurchasePropensity
+    products: ProductRanker
+    sendtime: SendTimeModel
+    versions: dict[str, str]
+
+    @classmethod
+    def load(cls) -> Champions:
+        paths, versions = {}, {}
+        for task in ("propensity", "crosssell", "sendtime"):
+            paths[task], versions[task] = registry.download(task)
+        return cls(
+            PurchasePropensity.load(paths["propensity"]),
+            ProductRanker.load(paths["crosssell"]),
+            SendTimeModel.load(paths["sendtime"]),
+            versions,
+        )
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Business rules of a batch; every field documented where it acts."""
+
+    products: int = 10
+    recently_bought_days: float = 14.0  # not re-offered so soon unless due for replenishment
+    due_ratio: float = 0.8  # "due": at least this share of the product's re-purchase interval
+    quiet_start: int = 21  # local quiet hours [quiet_start, quiet_end): no sends
+    quiet_end: int = 8
+    fallback_hour: int = 10  # local hour for recipients with no usable signal
+    segments: SegmentRules = field(default_factory=SegmentRules)
+
+
+def _quiet(hour: int, policy: Policy) -> bool:
+    if policy.quiet_start > policy.quiet_end:
+        return hour >= policy.quiet_start or hour < policy.quiet_end
+    return policy.quiet_start <= hour < policy.quiet_end
+
+
+def send_hours(best_hours: list[list[int]], policy: Policy) -> list[int]:
+    """The first best hour outside quiet hours, else the fallback hour."""
+    return [
+        next((h for h in hours if not _quiet(h, policy)), policy.fallback_hour)
+        for hours in best_hours
+    ]
+
+
+def next_local_time(frame: pl.DataFrame, now: datetime, zones: list[str]) -> pl.Series:
+    """UTC time of the next `send_hour` o'clock after `now`, in each row's `timezone`."""
+    located = with_local_time(
+        frame.lazy().with_columns(occurred_at=pl.lit(now)), zones, stamp="occurred_at"
+    )
+    candidate = pl.col("local_at").dt.truncate("1d") + pl.duration(hours=pl.col("send_hour"))
+    parts = []
+    for zone in zones:
+        part = located.filter(pl.col("timezone") == zone).with_columns(
+            local_send=pl.when(candidate > pl.col("local_at"))
+            .then(candidate)
+            .otherwise(candidate + pl.duration(days=1))
+        )
+        parts.append(
+            part.with_columns(
+                send_at=pl.col("local_send")
+                .dt.replace_time_zone(zone, ambiguous="earliest", non_existent="null")
+                .dt.convert_time_zone("UTC")
+            ).select("row", "send_at")
+        )
+    joined = pl.concat(parts).collect().sort("row")
+    return joined["send_at"]
+
+
+def _products(
+    champions: Champions, shop: Shop, as_of: datetime, policy: Policy
+) -> tuple[pl.DataFrame, list[str]]:
+    """Ranked products per known buyer, and the trending list for customers without history."""
+    history = builders.interactions(shop, as_of).collect()
+    recent = history.filter(
+        pl.col("last_ordered_at") > as_of - timedelta(days=policy.recently_bought_days)
+    ).select("customer_id", "product_id")
+    out_of_stock = shop.products.filter(~pl.col("in_stock").fill_null(True)).select("product_id")
+    pairs_out = history.select("customer_id").unique().join(out_of_stock.collect(), how="cross")
+    ranked = champions.products.rank(
+        history, as_of, n=policy.products, exclude=pl.concat([recent, pairs_out])
+    )
+    popular = (
+        history.join(out_of_stock.collect(), on="product_id", how="anti")
+        .filter(pl.col("last_ordered_at") > as_of - timedelta(days=30))
+        .group_by("product_id")
+        .agg(pl.col("orders").sum())
+        .sort(["orders", "product_id"], descending=[True, False])
+        .head(policy.products)["product_id"]
+        .to_list()
+    )
+    return ranked.select("customer_id", "products"), popular
+
+
+def score_batch(
+    champions: Champions, shop: Shop, as_of: datetime, policy: Policy | None = None
+) -> pl.DataFrame:
+    """One decision per customer known at `as_of` (the DESIGN's decision columns)."""
+    policy = policy or Policy()
+    features = builders.customer_features(shop, as_of).collect()
+    propensity = champions.propensity.predict_proba(features)
+    reasons_top = champions.propensity.top_reasons(features, k=1)
+    activity = builders.activity_hours(shop, as_of).collect()
+    groups = features.select("customer_id", group=pl.col("timezone"))
+    best = champions.sendtime.best_hours(activity, groups, k=3)
+    ranked, popular = _products(champions, shop, as_of, policy)
+    decisions = (
+        features.select(
+            "customer_id",
+            "timezone",
+            "activity_total",
+            policy.segments.expression(),
+            pl.Series("purchase_propensity", propensity),
+            pl.Series("best_hours", best, dtype=pl.List(pl.Int64)),
+            pl.Series("send_hour", send_hours(best, policy)),
+        )
+        .join(ranked, on="customer_id", how="left")
+        .with_row_index("row")
+    )
+    zones = sorted(decisions["timezone"].unique().to_list())
+    send_at = next_local_time(decisions, as_of, zones)
+    cold = decisions["products"].is_null()
+    driver = pl.Series([f"propensity_{r[0]}" if r else "propensity_base" for r in reasons_top])
+    versions = ",".join(f"{k}:{v}" for k, v in sorted(champions.versions.items()))
+    reasons = pl.concat_list(
+        pl.concat_str(pl.lit("segment_"), pl.col("segment")),
+        pl.when(cold).then(pl.lit("cold_start_popular")).otherwise(pl.lit("personal_products")),
+        pl.when(pl.col("activity_total") > 0)
+        .then(pl.lit("sendtime_personal"))
+        .otherwise(pl.lit("sendtime_fallback")),
+        driver,
+        pl.lit("offer_model_pending"),
+    )
+    return (
+        decisions.with_columns(
+            send_at=send_at,
+            products=pl.when(cold)
+            .then(pl.lit(popular, dtype=pl.List(pl.String)))
+            .otherwise("products"),
+            reasons=reasons,
+            offer=pl.lit("none"),
+            offer_value=pl.lit(0.0),
+            holdout=pl.lit(False),
+            send=pl.lit(True),
+            model_versions=pl.lit(versions),
+            as_of=pl.lit(as_of),
+        )
+        .with_columns(
+            decision_id=pl.concat_str("customer_id", pl.lit(as_of.isoformat()), "model_versions")
+            .hash(seed=0)
+            .cast(pl.String)
+        )
+        .select(
+            "decision_id",
+            "customer_id",
+            "segment",
+            "send",
+            "holdout",
+            "offer",
+            "offer_value",
+            "products",
+            "send_at",
+            "best_hours",
+            "purchase_propensity",
+            "reasons",
+            "model_versions",
+            "as_of",
+        )
+    )
