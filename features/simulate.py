@@ -150,7 +150,8 @@ class _World:
         """Fractional local hour of day: near the preferred hour with the customer's focus."""
         n = len(customer)
         focused = self.rng.random(n) < self.focus[customer]
-        near = self.preferred_hour[customer] + self.rng.normal(0, 0.7, n)
+        # centred inside the planted hour, so that hour is the mode of what customers do
+        near = self.preferred_hour[customer] + 0.5 + self.rng.normal(0, 0.6, n)
         anywhere = self.rng.uniform(7, 24, n)
         return np.mod(np.where(focused, near, anywhere), 24)
 

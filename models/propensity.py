@@ -98,6 +98,7 @@ class PurchasePropensity:
 
     def predict_proba(self, X: pl.DataFrame) -> np.ndarray:
         """Calibrated P(purchase within the horizon)."""
+        check_is_fitted(self, "booster_")
         slope, intercept = self.calibration_
         return 1 / (1 + np.exp(-(slope * self.score(X) + intercept)))
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy loads: implicit wants one
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ from sendwise.features import online_retail
 from sendwise.features.shop import read_shop, write_shop
 from sendwise.features.simulate import SimulationSettings, simulate
 
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # noqa: E402
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
