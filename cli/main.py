@@ -239,7 +239,7 @@ def score_command(
 
 @app.command()
 def demo(
-    customers: Annotated[int, typer.Option(min=100, help="Customers in the demo shop.")] = 3_000,
+    customers: Annotated[int, typer.Option(min=100, help="Customers in the demo shop.")] = 2_000,
     workdir: Annotated[
         Path | None, typer.Option(help="Where to write (default: .sendwise/demo).")
     ] = None,
