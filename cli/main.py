@@ -146,6 +146,51 @@ def train_command(
         )
 
 
+class Tunable(StrEnum):
+    propensity = "propensity"
+
+
+@app.command("tune")
+def tune_command(
+    task: Annotated[Tunable, typer.Argument(help="Which model to tune.")],
+    shop: ShopDir,
+    as_of: AsOf,
+    trials: Annotated[int, typer.Option(min=1, help="Optuna trials.")] = 30,
+    horizon_days: Horizon = 90,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            help="Optuna storage URL (default: SQLite under .sendwise; or postgresql://...)."
+        ),
+    ] = None,
+    study: Annotated[str | None, typer.Option(help="Study name (resumed if it exists).")] = None,
+) -> None:
+    """Search the model's settings with Optuna (pruning), then train, log and register the
+    best as `challenger`."""
+    from rich.progress import Progress
+
+    from sendwise.training.tune import tune_propensity
+
+    cutoff, data = parse_as_of(as_of), read_shop(shop)
+    with Progress(console=console, transient=True) as progress:
+        bar = progress.add_task("Tuning propensity", total=trials)
+        result = tune_propensity(
+            data,
+            cutoff,
+            horizon_days,
+            trials,
+            storage,
+            study,
+            progress=lambda _: progress.advance(bar),
+        )
+    out.print(
+        f"Study {result.study_name}: {result.trials} trials ({result.pruned} pruned), best "
+        f"validation ROC-AUC {result.best_value:.4f} with {result.best_params}"
+    )
+    registered = result.trained.registered
+    out.print(f"{registered.name} v{registered.version} is the challenger (best trial)")
+
+
 @app.command("promote")
 def promote_command(
     task: Annotated[Task, typer.Argument(help="Which model to promote.")],

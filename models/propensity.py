@@ -63,12 +63,14 @@ class PurchasePropensity:
         y: np.ndarray,
         *,
         calibration: np.ndarray | None = None,
+        eval_set: tuple[pl.DataFrame, np.ndarray] | None = None,
         callbacks: list | None = None,
     ) -> PurchasePropensity:
         """Learn from X (numeric feature columns) and y (bought or not).
 
         `calibration` marks the rows (the latest cut-off) that fit the probability map out of
         time; the booster is then refitted on every row. Without it, scores are used as is.
+        `eval_set` is scored (AUC, as `valid_0`) while boosting, for callbacks such as pruning.
         """
         y = np.asarray(y, dtype=np.float32)
         if len(y) == 0 or y.min() == y.max():
@@ -86,8 +88,16 @@ class PurchasePropensity:
             self.calibration_ = np.array([platt.coef_[0, 0], platt.intercept_[0]])
         else:
             self.calibration_ = np.array([1.0, 0.0])
+        params, valid = self._params(), []
+        if eval_set is not None:
+            params["metric"] = "auc"
+            valid = [lgb.Dataset(matrix(eval_set[0], self.feature_names_), eval_set[1])]
         self.booster_ = lgb.train(
-            self._params(), lgb.Dataset(features, y), self.n_estimators, callbacks=callbacks
+            params,
+            lgb.Dataset(features, y),
+            self.n_estimators,
+            valid_sets=valid,
+            callbacks=callbacks,
         )
         return self
 

@@ -1,0 +1,116 @@
+"""Tuning: Optuna searches the propensity model's settings on the latest window before T.
+
+Each trial fits on cut-offs whose outcomes end by T - H and is judged (ROC-AUC) on
+(T - H, T]; unpromising trials are pruned while boosting. The study lives in SQLite under the
+sendwise home unless a storage URL (e.g. PostgreSQL) is given. The best settings are then
+trained like any model (`train`), logged to MLflow with the trial, and registered as challenger.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import optuna
+from optuna_integration import LightGBMPruningCallback
+
+from sendwise.features.shop import Shop
+from sendwise.models.propensity import PurchasePropensity
+from sendwise.store.settings import home
+
+from .backtest import propensity_features
+from .datasets import CUTOFF_STRIDE_DAYS, TRAINING_CUTOFFS, labelled, training_cutoffs
+from .metrics import propensity_metrics
+from .train import TrainResult, train
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    study_name: str
+    storage: str
+    best_value: float
+    best_params: dict
+    trials: int
+    pruned: int
+    trained: TrainResult
+
+
+def default_storage() -> str:
+    home().mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{home() / 'optuna.db'}"
+
+
+def suggest(trial: optuna.Trial) -> dict:
+    return {
+        "num_leaves": trial.suggest_int("num_leaves", 3, 63, log=True),
+        "learning_rate": trial.suggest_float("learning_rate", 0.005, 0.1, log=True),
+        "n_estimators": trial.suggest_int("n_estimators", 100, 1000, step=50),
+        "min_child_samples": trial.suggest_int("min_child_samples", 10, 400, log=True),
+        "feature_fraction": trial.suggest_float("feature_fraction", 0.3, 1.0),
+        "bagging_fraction": trial.suggest_float("bagging_fraction", 0.5, 1.0),
+        "lambda_l2": trial.suggest_float("lambda_l2", 1e-3, 30.0, log=True),
+    }
+
+
+def tune_propensity(
+    shop: Shop,
+    as_of: datetime,
+    horizon_days: int,
+    trials: int,
+    storage: str | None = None,
+    study_name: str | None = None,
+    seed: int = 0,
+    progress=None,
+) -> TuneResult:
+    storage = storage or default_storage()
+    study_name = study_name or f"propensity-{as_of:%Y%m%d}-h{horizon_days}"
+    cutoff = as_of - timedelta(days=horizon_days)
+    cutoffs = training_cutoffs(cutoff, horizon_days, TRAINING_CUTOFFS, CUTOFF_STRIDE_DAYS)
+    train_frame = labelled(shop, cutoffs, horizon_days, buyers_only=True).frame
+    valid = labelled(shop, [cutoff], horizon_days, buyers_only=True).frame
+    features = propensity_features(train_frame)
+    X, y = train_frame.select(features), train_frame["purchased"].to_numpy()
+    X_valid, y_valid = valid.select(features), valid["purchased"].to_numpy()
+
+    def objective(trial: optuna.Trial) -> float:
+        model = PurchasePropensity(random_state=seed, **suggest(trial)).fit(
+            X, y, eval_set=(X_valid, y_valid), callbacks=[LightGBMPruningCallback(trial, "auc")]
+        )
+        return propensity_metrics(y_valid, model.predict_proba(X_valid))["roc_auc"]
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    study = optuna.create_study(
+        study_name=study_name,
+        storage=storage,
+        direction="maximize",
+        load_if_exists=True,
+        sampler=optuna.samplers.TPESampler(seed=seed),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=50),
+    )
+    callbacks = [lambda study, trial: progress(trial.number)] if progress else []
+    study.optimize(objective, n_trials=trials, callbacks=callbacks)
+    best = study.best_trial
+    trained = train(
+        "propensity",
+        shop,
+        as_of,
+        horizon_days,
+        params=dict(best.params),
+        extra_tags={
+            "optuna_study": study_name,
+            "optuna_trial": str(best.number),
+            "optuna_best_auc": f"{best.value:.4f}",
+        },
+    )
+    states = [t.state for t in study.trials]
+    return TuneResult(
+        study_name,
+        storage,
+        best.value,
+        dict(best.params),
+        len(states),
+        states.count(optuna.trial.TrialState.PRUNED),
+        trained,
+    )
