@@ -1,0 +1,122 @@
+"""Benchmark: `sendwise score` on a large simulated shop (target: 1,000,000 customers < 2 min).
+
+    python experiments/bench_score.py [--customers 1000000]
+
+Champions are trained on a 20,000-customer shop from the same simulator (what is measured
+here is scoring, not training), in a throw-away MLflow home; then the real CLI scores the
+large shop in a child process. Writes experiments/results/score.json and score.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "experiments" / "results"
+AS_OF = "2026-05-31"
+
+
+def cli(args: list[str], env: dict) -> dict:
+    started = time.perf_counter()
+    child = subprocess.Popen(
+        [sys.executable, "-m", "sendwise.cli", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    _, status, usage = os.wait4(child.pid, 0)
+    wall = time.perf_counter() - started
+    out, err = child.communicate()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"sendwise {' '.join(args)} failed: {err.decode()[-2000:]}")
+    return {
+        "wall_s": round(wall, 1),
+        "peak_rss_mib": round(usage.ru_maxrss / 1024),
+        "stdout": " ".join(out.decode().split()),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--customers", type=int, default=1_000_000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="sendwise-score-") as tmp:
+        work = Path(tmp)
+        env = {
+            **os.environ,
+            "SENDWISE_HOME": str(work / "home"),
+            "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
+            "SENDWISE_ARTIFACTS": str(work / "artifacts"),
+        }
+        cli(["simulate", "--customers", "20000", "--seed", "1", "--out", str(work / "small")], env)
+        trained = cli(
+            [
+                "train",
+                "all",
+                "--shop",
+                str(work / "small"),
+                "--as-of",
+                AS_OF,
+                "--horizon-days",
+                "30",
+            ],
+            env,
+        )
+        cli(["promote", "all"], env)
+        cli(
+            [
+                "simulate",
+                "--customers",
+                str(args.customers),
+                "--seed",
+                "0",
+                "--out",
+                str(work / "large"),
+            ],
+            env,
+        )
+        scored = cli(
+            [
+                "score",
+                "--shop",
+                str(work / "large"),
+                "--as-of",
+                AS_OF,
+                "--out",
+                str(work / "decisions.parquet"),
+            ],
+            env,
+        )
+    result = {
+        "customers": args.customers,
+        "train_20k": trained,
+        "score": scored,
+        "cpu_count": os.cpu_count(),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "score.json").write_text(json.dumps(result, indent=2) + "\n")
+    md = [
+        "# Batch scoring benchmark",
+        "",
+        f"Machine: {os.cpu_count()} cores. Command: `python experiments/bench_score.py --customers {args.customers}`.",
+        "",
+        "| step | wall (s) | peak RSS (MiB) |",
+        "|---|---:|---:|",
+        f"| `sendwise train all` on 20,000 customers (horizon 30 d) | {trained['wall_s']} | {trained['peak_rss_mib']:,} |",
+        f"| `sendwise score` on {args.customers:,} customers (target < 120 s) | {scored['wall_s']} | {scored['peak_rss_mib']:,} |",
+        "",
+        f"Output: {scored['stdout']}",
+    ]
+    (RESULTS / "score.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
