@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; a failure is one line on stderr (a traceback only with --debug)."""
     argv = sys.argv[1:] if argv is None else argv
     try:
-        app(args=argv, prog_name="sendwise", standalone_mode=False)
+        code = app(args=argv, prog_name="sendwise", standalone_mode=False)
     except (click.exceptions.Exit, typer.Exit) as done:
         return done.exit_code
     except click.ClickException as error:
@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(error, argv)
     except Exception as error:  # noqa: BLE001 - the last line of defence for users
         return _fail(error, argv, unexpected=True)
-    return 0
+    return code if isinstance(code, int) else 0  # click returns an Exit's code here
 
 
 def _fail(error: Exception, argv: list[str], unexpected: bool = False) -> int:

@@ -71,3 +71,54 @@ def test_demo_runs_end_to_end(tmp_path):
     result = invoke("demo", "--customers", "500", "--workdir", str(tmp_path))
     assert "Planted truth" in result.output
     assert (tmp_path / "features.parquet").is_file() and (tmp_path / "labels.parquet").is_file()
+
+
+def test_backtest_writes_json_beside_the_table(simulated, tmp_path):
+    import json
+
+    out = tmp_path / "bt.json"
+    result = invoke(
+        "backtest",
+        "--shop",
+        str(simulated[0]),
+        "--as-of",
+        "2026-05-31",
+        "--horizon-days",
+        "30",
+        "--task",
+        "sendtime",
+        "--json",
+        str(out),
+    )
+    assert "shop_best_hours" in result.output
+    rows = json.loads(out.read_text())["sections"]["sendtime"]
+    assert rows["sendwise"]["hit@3"] > rows["shop_best_hours"]["hit@3"]
+
+
+def test_promote_without_a_challenger_says_so_and_fails(tmp_path, monkeypatch, capsys):
+    from sendwise.cli.main import main
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("SENDWISE_HOME", str(tmp_path))
+    assert main(["promote", "propensity"]) == 1
+    assert "has no challenger" in capsys.readouterr().out
+
+
+def test_score_without_champions_is_one_clear_line(simulated, tmp_path, monkeypatch, capsys):
+    from sendwise.cli.main import main
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("SENDWISE_HOME", str(tmp_path))
+    code = main(
+        [
+            "score",
+            "--shop",
+            str(simulated[0]),
+            "--as-of",
+            "2026-05-31",
+            "--out",
+            str(tmp_path / "d.parquet"),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 1 and "no champion for sendwise-propensity" in err and err.count("\n") == 1
