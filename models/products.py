@@ -25,6 +25,16 @@ from implicit.nearest_neighbours import bm25_weight
 
 from .base import ModelFitError, check_is_fitted, load_arrays, matrix, save_arrays
 
+ITEM_FEATURES = [
+    "pop_orders",
+    "pop_buyers",
+    "pop_30d",
+    "pop_90d",
+    "pop_trend",
+    "pop_rank",
+    "repeat_rate",
+    "repeat_interval_days",
+]
 PAIR_FEATURES = [
     "own_orders",
     "own_quantity",
@@ -34,14 +44,7 @@ PAIR_FEATURES = [
     "due_ratio",
     "cf_score",
     "cf_rank",
-    "pop_orders",
-    "pop_buyers",
-    "pop_30d",
-    "pop_90d",
-    "pop_trend",
-    "pop_rank",
-    "repeat_rate",
-    "repeat_interval_days",
+    *ITEM_FEATURES,
     "user_orders",
     "user_products",
     "user_days_since",
@@ -217,16 +220,7 @@ class ProductRanker:
             "user_products": user_products[pu].astype(float),
             "user_days_since": user_since[pu],
         }
-        for name in (
-            "pop_orders",
-            "pop_buyers",
-            "pop_30d",
-            "pop_90d",
-            "pop_trend",
-            "pop_rank",
-            "repeat_rate",
-            "repeat_interval_days",
-        ):
+        for name in ITEM_FEATURES:
             features[name] = item_stats[name][pi]
         return pl.DataFrame(
             {

@@ -48,3 +48,12 @@ def online_retail_import(online_retail_file, tmp_path_factory):
     directory = tmp_path_factory.mktemp("online_retail") / "shop"
     write_shop(tables, directory)
     return directory, summary
+
+
+@pytest.fixture
+def mlflow_home(tmp_path, monkeypatch):
+    """A real MLflow store (SQLite) and sendwise home, private to one test."""
+    monkeypatch.setenv("SENDWISE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("SENDWISE_ARTIFACTS", str(tmp_path / "artifacts"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return tmp_path

@@ -22,14 +22,6 @@ HORIZON = 30
 QUICK_SENDTIME = {"prior_strength": 3.0, "kernel_width": 1.0, "half_life_days": 90.0}
 
 
-@pytest.fixture
-def mlflow_home(tmp_path, monkeypatch):
-    monkeypatch.setenv("SENDWISE_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("SENDWISE_ARTIFACTS", str(tmp_path / "artifacts"))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    return tmp_path
-
-
 def test_promotion_only_when_the_challenger_is_better(simulated_shop, mlflow_home):
     first = train("propensity", simulated_shop, AS_OF, HORIZON)
     assert registry.alias_version("propensity", "challenger").version == first.registered.version

@@ -16,14 +16,6 @@ from sendwise.training.tune import tune_propensity
 POSTGRES = os.environ.get("SENDWISE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
-@pytest.fixture
-def mlflow_home(tmp_path, monkeypatch):
-    monkeypatch.setenv("SENDWISE_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("SENDWISE_ARTIFACTS", str(tmp_path / "artifacts"))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    return tmp_path
-
-
 def check_tuned(result, storage):
     study = optuna.load_study(study_name=result.study_name, storage=storage)
     assert len(study.trials) == result.trials == 4
