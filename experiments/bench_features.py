@@ -16,31 +16,14 @@ import os
 import platform
 import statistics
 import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
+
+from child import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 ONLINE_RETAIL = ROOT.parent / "shared" / "data" / "online_retail" / "online_retail_2010_2011.csv.gz"
 RESULTS = ROOT / "experiments" / "results"
-SENDWISE = [sys.executable, "-m", "sendwise.cli"]
-
-
-def run(args: list[str]) -> dict:
-    """Wall seconds and peak RSS (MiB) of one CLI call."""
-    started = time.perf_counter()
-    child = subprocess.Popen([*SENDWISE, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(child.pid, 0)
-    wall = time.perf_counter() - started
-    out, err = child.communicate()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"sendwise {' '.join(args)} failed: {err.decode()}")
-    return {
-        "wall_s": round(wall, 2),
-        "peak_rss_mib": round(usage.ru_maxrss / 1024),
-        "stdout": out.decode().strip(),
-    }
 
 
 def machine() -> dict:
@@ -61,9 +44,9 @@ def bench_online_retail(work: Path, repeats: int) -> dict | None:
         print(f"skipping Online Retail: {ONLINE_RETAIL} not found")
         return None
     shop = work / "online_retail"
-    imported = run(["import", "online-retail", str(ONLINE_RETAIL), "--out", str(shop)])
+    imported = run_cli(["import", "online-retail", str(ONLINE_RETAIL), "--out", str(shop)])
     builds = [
-        run(
+        run_cli(
             [
                 "features",
                 "build",
@@ -90,8 +73,8 @@ def bench_scale(work: Path, sizes: list[int]) -> list[dict]:
     rows = []
     for n in sizes:
         shop = work / f"sim_{n}"
-        simulated = run(["simulate", "--customers", str(n), "--seed", "0", "--out", str(shop)])
-        built = run(
+        simulated = run_cli(["simulate", "--customers", str(n), "--seed", "0", "--out", str(shop)])
+        built = run_cli(
             [
                 "features",
                 "build",

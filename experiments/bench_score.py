@@ -12,35 +12,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
+
+from child import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results"
 AS_OF = "2026-05-31"
-
-
-def cli(args: list[str], env: dict) -> dict:
-    started = time.perf_counter()
-    child = subprocess.Popen(
-        [sys.executable, "-m", "sendwise.cli", *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    _, status, usage = os.wait4(child.pid, 0)
-    wall = time.perf_counter() - started
-    out, err = child.communicate()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"sendwise {' '.join(args)} failed: {err.decode()[-2000:]}")
-    return {
-        "wall_s": round(wall, 1),
-        "peak_rss_mib": round(usage.ru_maxrss / 1024),
-        "stdout": " ".join(out.decode().split()),
-    }
 
 
 def main() -> None:
@@ -55,8 +34,10 @@ def main() -> None:
             "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
             "SENDWISE_ARTIFACTS": str(work / "artifacts"),
         }
-        cli(["simulate", "--customers", "20000", "--seed", "1", "--out", str(work / "small")], env)
-        trained = cli(
+        run_cli(
+            ["simulate", "--customers", "20000", "--seed", "1", "--out", str(work / "small")], env
+        )
+        trained = run_cli(
             [
                 "train",
                 "all",
@@ -69,8 +50,8 @@ def main() -> None:
             ],
             env,
         )
-        cli(["promote", "all"], env)
-        cli(
+        run_cli(["promote", "all"], env)
+        run_cli(
             [
                 "simulate",
                 "--customers",
@@ -82,7 +63,7 @@ def main() -> None:
             ],
             env,
         )
-        scored = cli(
+        scored = run_cli(
             [
                 "score",
                 "--shop",

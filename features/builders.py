@@ -70,23 +70,22 @@ def activity(shop: Shop) -> pl.LazyFrame:
     return pl.concat([orders, email, web])
 
 
+def localise(frame: pl.LazyFrame, customers: pl.LazyFrame, fallback: str) -> pl.LazyFrame:
+    """Add each row's customer `timezone` (else `fallback`) and its local time `local_at`.
+
+    Reads the zone list first (a handful of rows); every row is then converted once.
+    """
+    zones = customers.select(pl.col("timezone").fill_null(fallback).unique()).collect()
+    located = frame.join(
+        customers.select("customer_id", "timezone"), on="customer_id", how="left"
+    ).with_columns(pl.col("timezone").fill_null(fallback))
+    return with_local_time(located, sorted(set(zones.to_series().to_list()) | {fallback}))
+
+
 def local_activity(shop: Shop, as_of: datetime) -> pl.LazyFrame:
     """`activity` up to `as_of` with each customer's local time (`local_at`) and zone."""
     past = shop.until(as_of)
-    fallback = shop_timezone(past)
-    zones = (
-        past.customers.select(pl.col("timezone").fill_null(fallback).unique())
-        .collect()
-        .to_series()
-        .to_list()
-    )
-    zones = sorted(set(zones) | {fallback})
-    located = (
-        activity(past)
-        .join(past.customers.select("customer_id", "timezone"), on="customer_id", how="left")
-        .with_columns(pl.col("timezone").fill_null(fallback))
-    )
-    return with_local_time(located, zones)
+    return localise(activity(past), past.customers, shop_timezone(past))
 
 
 def activity_hours(shop: Shop, as_of: datetime) -> pl.LazyFrame:
@@ -107,14 +106,8 @@ def first_purchase_hours(shop: Shop, as_of: datetime, horizon_days: int) -> pl.L
         (pl.col("ordered_at") > as_of) & (pl.col("ordered_at") <= end)
     )
     first = window.group_by("customer_id").agg(pl.col("ordered_at").min().alias("occurred_at"))
-    fallback = shop_timezone(shop.until(as_of))
-    zones = shop.customers.select(pl.col("timezone").fill_null(fallback).unique()).collect()
-    located = first.join(
-        shop.customers.select("customer_id", "timezone"), on="customer_id", how="left"
-    ).with_columns(pl.col("timezone").fill_null(fallback))
-    return with_local_time(located, sorted(set(zones.to_series().to_list()) | {fallback})).select(
-        "customer_id", local_hour=pl.col("local_at").dt.hour()
-    )
+    located = localise(first, shop.customers, shop_timezone(shop.until(as_of)))
+    return located.select("customer_id", local_hour=pl.col("local_at").dt.hour())
 
 
 def abandoned_carts(shop: Shop) -> pl.LazyFrame:

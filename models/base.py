@@ -20,6 +20,25 @@ class ModelFitError(SendwiseError):
     """Fitting produced something unusable (no rows, one class, NaNs)."""
 
 
+class Settings:
+    """`get_params`: the keyword-only settings a model was built with (scikit-learn manner)."""
+
+    def get_params(self) -> dict:
+        return {k: getattr(self, k) for k in type(self).__init__.__kwdefaults__}
+
+
+def lightgbm_params(objective: str, seed: int, **settings: float) -> dict:
+    """The LightGBM parameters every booster here shares, with its own settings on top."""
+    return {
+        "objective": objective,
+        "bagging_freq": 1,
+        "seed": seed,
+        "num_threads": 2,
+        "verbose": -1,
+        **settings,
+    }
+
+
 def check_is_fitted(model: Any, attribute: str) -> None:
     if not hasattr(model, attribute):
         raise NotFittedError(f"{type(model).__name__} is not fitted yet; call fit first")

@@ -23,7 +23,15 @@ import scipy.sparse as sp
 from implicit.als import AlternatingLeastSquares
 from implicit.nearest_neighbours import bm25_weight
 
-from .base import ModelFitError, check_is_fitted, load_arrays, matrix, save_arrays
+from .base import (
+    ModelFitError,
+    Settings,
+    check_is_fitted,
+    lightgbm_params,
+    load_arrays,
+    matrix,
+    save_arrays,
+)
 
 ITEM_FEATURES = [
     "pop_orders",
@@ -91,7 +99,7 @@ def _top_k(scores: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray, np.nd
     return np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
 
 
-class ProductRanker:
+class ProductRanker(Settings):
     def __init__(
         self,
         *,
@@ -116,9 +124,6 @@ class ProductRanker:
         self.num_leaves = num_leaves
         self.min_child_samples = min_child_samples
         self.random_state = random_state
-
-    def get_params(self) -> dict:
-        return {k: getattr(self, k) for k in self.__init__.__kwdefaults__}
 
     # --- candidates and their features ----------------------------------------------------
 
@@ -279,25 +284,22 @@ class ProductRanker:
         self.booster_new_ = self._learn(train.filter(pl.col("own_orders") == 0))
         return self
 
-    def _learn(self, train: pl.DataFrame, objective: str = "lambdarank") -> lgb.Booster:
+    def _learn(self, train: pl.DataFrame) -> lgb.Booster:
         """LambdaRank within each customer's candidates (only customers with a purchase teach)."""
         train = train.filter(pl.col("bought").any().over("customer_id"))
         if train.is_empty():
             raise ModelFitError("the product ranker needs candidates that were then bought")
         groups = train.group_by("customer_id", maintain_order=True).len()["len"].to_numpy()
-        params = {
-            "objective": objective,
-            "lambdarank_truncation_level": 20,
-            "learning_rate": self.learning_rate,
-            "num_leaves": self.num_leaves,
-            "min_child_samples": self.min_child_samples,
-            "feature_fraction": 0.9,
-            "bagging_fraction": 0.8,
-            "bagging_freq": 1,
-            "seed": self.random_state,
-            "num_threads": 2,
-            "verbose": -1,
-        }
+        params = lightgbm_params(
+            "lambdarank",
+            self.random_state,
+            lambdarank_truncation_level=20,
+            learning_rate=self.learning_rate,
+            num_leaves=self.num_leaves,
+            min_child_samples=self.min_child_samples,
+            feature_fraction=0.9,
+            bagging_fraction=0.8,
+        )
         data = lgb.Dataset(
             matrix(train, PAIR_FEATURES),
             train["bought"].to_numpy().astype(np.float32),

@@ -14,10 +14,18 @@ import numpy as np
 import polars as pl
 from sklearn.linear_model import LogisticRegression
 
-from .base import ModelFitError, check_is_fitted, load_arrays, matrix, save_arrays
+from .base import (
+    ModelFitError,
+    Settings,
+    check_is_fitted,
+    lightgbm_params,
+    load_arrays,
+    matrix,
+    save_arrays,
+)
 
 
-class PurchasePropensity:
+class PurchasePropensity(Settings):
     def __init__(
         self,
         *,
@@ -39,23 +47,17 @@ class PurchasePropensity:
         self.lambda_l2 = lambda_l2
         self.random_state = random_state
 
-    def get_params(self) -> dict:
-        return {k: getattr(self, k) for k in self.__init__.__kwdefaults__}
-
     def _params(self) -> dict:
-        return {
-            "objective": "binary",
-            "learning_rate": self.learning_rate,
-            "num_leaves": self.num_leaves,
-            "min_child_samples": self.min_child_samples,
-            "feature_fraction": self.feature_fraction,
-            "bagging_fraction": self.bagging_fraction,
-            "bagging_freq": 1,
-            "lambda_l2": self.lambda_l2,
-            "seed": self.random_state,
-            "num_threads": 2,
-            "verbose": -1,
-        }
+        return lightgbm_params(
+            "binary",
+            self.random_state,
+            learning_rate=self.learning_rate,
+            num_leaves=self.num_leaves,
+            min_child_samples=self.min_child_samples,
+            feature_fraction=self.feature_fraction,
+            bagging_fraction=self.bagging_fraction,
+            lambda_l2=self.lambda_l2,
+        )
 
     def fit(
         self,

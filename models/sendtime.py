@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from .base import ModelFitError, check_is_fitted, load_arrays, save_arrays
+from .base import ModelFitError, Settings, check_is_fitted, load_arrays, save_arrays
 
 HOURS = 24
 
@@ -42,7 +42,7 @@ def hour_counts(activity: pl.DataFrame, customers: np.ndarray, half_life_days: f
     return counts
 
 
-class SendTimeModel:
+class SendTimeModel(Settings):
     def __init__(
         self,
         *,
@@ -57,9 +57,6 @@ class SendTimeModel:
         self.kernel_width = kernel_width
         self.half_life_days = half_life_days
         self.fallback_hour = fallback_hour
-
-    def get_params(self) -> dict:
-        return {k: getattr(self, k) for k in self.__init__.__kwdefaults__}
 
     def fit(self, activity: pl.DataFrame, groups: pl.DataFrame) -> SendTimeModel:
         """`activity`: customer_id, local_hour, age_days; `groups`: customer_id, group."""

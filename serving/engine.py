@@ -104,13 +104,15 @@ def _products(
     recent = history.filter(
         pl.col("last_ordered_at") > as_of - timedelta(days=policy.recently_bought_days)
     ).select("customer_id", "product_id")
-    out_of_stock = shop.products.filter(~pl.col("in_stock").fill_null(True)).select("product_id")
-    pairs_out = history.select("customer_id").unique().join(out_of_stock.collect(), how="cross")
+    out_of_stock = (
+        shop.products.filter(~pl.col("in_stock").fill_null(True)).select("product_id").collect()
+    )
+    pairs_out = history.select("customer_id").unique().join(out_of_stock, how="cross")
     ranked = champions.products.rank(
         history, as_of, n=policy.products, exclude=pl.concat([recent, pairs_out])
     )
     popular = (
-        history.join(out_of_stock.collect(), on="product_id", how="anti")
+        history.join(out_of_stock, on="product_id", how="anti")
         .filter(pl.col("last_ordered_at") > as_of - timedelta(days=30))
         .group_by("product_id")
         .agg(pl.col("orders").sum())

@@ -21,7 +21,13 @@ from sendwise.models.products import ProductRanker
 from sendwise.models.propensity import PurchasePropensity
 from sendwise.models.sendtime import PersonalHistogram, SendTimeModel, ShopBestHours
 
-from .datasets import CUTOFF_STRIDE_DAYS, TRAINING_CUTOFFS, labelled, training_cutoffs
+from .datasets import (
+    CUTOFF_STRIDE_DAYS,
+    TRAINING_CUTOFFS,
+    feature_columns,
+    labelled,
+    training_cutoffs,
+)
 from .metrics import hour_hits, propensity_metrics, ranking_metrics
 
 log = logging.getLogger(__name__)
@@ -52,8 +58,6 @@ class Section:
 
 def propensity_features(frame: pl.DataFrame) -> list[str]:
     """Model inputs for propensity: the hour-profile columns add noise, not signal (measured)."""
-    from .datasets import feature_columns
-
     return [f for f in feature_columns(frame) if not f.startswith(("hod_", "dow_", "peak_"))]
 
 

@@ -1,0 +1,33 @@
+"""Run the real `sendwise` CLI in a child process and measure it (shared by the benchmarks)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def run_cli(args: list[str], env: dict | None = None) -> dict:
+    """Wall seconds, the child's peak RSS (MiB) and its stdout; raises if it fails.
+
+    Output goes to temporary files, not pipes, so a chatty child can never block on a full pipe
+    while we wait for its resource usage.
+    """
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        started = time.perf_counter()
+        child = subprocess.Popen(
+            [sys.executable, "-m", "sendwise.cli", *args], env=env, stdout=out, stderr=err
+        )
+        _, status, usage = os.wait4(child.pid, 0)
+        wall = time.perf_counter() - started
+        out.seek(0)
+        err.seek(0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise RuntimeError(f"sendwise {' '.join(args)} failed: {err.read().decode()[-2000:]}")
+        return {
+            "wall_s": round(wall, 2),
+            "peak_rss_mib": round(usage.ru_maxrss / 1024),
+            "stdout": " ".join(out.read().decode().split()),
+        }
