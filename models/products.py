@@ -12,6 +12,7 @@ last_ordered_at` (see `features.builders.interactions`); the model reads nothing
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -83,20 +84,34 @@ def _codes(sorted_values: np.ndarray, values: pl.Series) -> np.ndarray:
 
 def _top_k(scores: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per row of a sparse score matrix, its k largest entries: (row, column, value)."""
-    rows, cols, vals = [], [], []
-    indptr, indices, data = scores.indptr, scores.indices, scores.data
-    for r in range(scores.shape[0]):
-        start, end = indptr[r], indptr[r + 1]
-        if end == start:
-            continue
-        chunk = data[start:end]
-        take = np.argsort(-chunk)[:k] if end - start > k else np.arange(end - start)
-        rows.append(np.full(take.size, r))
-        cols.append(indices[start:end][take])
-        vals.append(chunk[take])
-    if not rows:
-        return np.array([], int), np.array([], int), np.array([])
-    return np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
+    scores = scores.tocsr()
+    scores.eliminate_zeros()
+    rows = np.repeat(np.arange(scores.shape[0]), np.diff(scores.indptr))
+    order = np.lexsort((-scores.data, rows))
+    position = np.arange(rows.size) - np.repeat(scores.indptr[:-1], np.diff(scores.indptr))
+    keep = order[position < k]
+    return rows[keep], scores.indices[keep], scores.data[keep]
+
+
+@dataclass
+class _Context:
+    """Everything shop-wide about one cut-off; candidate pairs are then built per customer chunk."""
+
+    index: _Index
+    orders: sp.csr_matrix  # customers x products: orders of each product
+    quantity: sp.csr_matrix
+    days_since: sp.csr_matrix  # days since the last order of the product (+ epsilon)
+    days_since_first: sp.csr_matrix
+    decayed: sp.csr_matrix  # log orders, decayed by age: the co-purchase query
+    similar: sp.csr_matrix  # products x products, top neighbours by cosine over buyers
+    items: dict[str, np.ndarray]
+    popular: np.ndarray
+    user_factors: np.ndarray
+    item_factors: np.ndarray
+
+    @property
+    def n_users(self) -> int:
+        return len(self.index.customers)
 
 
 class ProductRanker(Settings):
@@ -112,8 +127,12 @@ class ProductRanker(Settings):
         learning_rate: float = 0.05,
         num_leaves: int = 31,
         min_child_samples: int = 50,
+        als_sample: int = 100_000,
+        chunk_size: int = 50_000,
         random_state: int = 0,
     ):
+        self.als_sample = als_sample
+        self.chunk_size = chunk_size
         self.cf_candidates = cf_candidates
         self.popular_candidates = popular_candidates
         self.als_candidates = als_candidates
@@ -127,33 +146,53 @@ class ProductRanker(Settings):
 
     # --- candidates and their features ----------------------------------------------------
 
-    def candidates(self, history: pl.DataFrame, as_of: datetime) -> pl.DataFrame:
-        """Every candidate (customer, product) pair with its features, for one cut-off."""
+    def _context(self, history: pl.DataFrame, as_of: datetime) -> _Context:
+        """The shop-wide part of candidate generation: matrices, neighbours, ALS, item stats."""
         index = _Index(
             np.sort(history["customer_id"].unique().to_numpy().astype(str)),
             np.sort(history["product_id"].unique().to_numpy().astype(str)),
         )
-        n_users, n_items = len(index.customers), len(index.products)
+        shape = (len(index.customers), len(index.products))
         u = index.customer_codes(history["customer_id"])
         i = index.product_codes(history["product_id"])
-        age = (pl.lit(as_of) - history["last_ordered_at"]).dt.total_hours() / 24
-        days_since = history.select(age).to_series().to_numpy()
-        bought = sp.csr_matrix((np.ones(len(u)), (u, i)), shape=(n_users, n_items))
+
+        def by_pair(values: np.ndarray) -> sp.csr_matrix:
+            return sp.csr_matrix((values, (u, i)), shape=shape)
+
+        def days_before(column: str) -> np.ndarray:
+            age = (pl.lit(as_of) - pl.col(column)).dt.total_hours() / 24
+            return history.select(age).to_series().to_numpy()
+
+        days_since = days_before("last_ordered_at")
+        orders = history["orders"].to_numpy().astype(np.float32)
+        bought = by_pair(np.ones(len(u)))
         # co-purchase: cosine between products over their buyers, top neighbours kept
-        buyers = np.asarray(bought.sum(axis=0)).ravel()
-        norm = 1 / np.sqrt(np.maximum(buyers, 1))
+        norm = 1 / np.sqrt(np.maximum(np.asarray(bought.sum(axis=0)).ravel(), 1))
         scaled = bought @ sp.diags(norm)
         similar = (scaled.T @ scaled).tocsr()
         similar.setdiag(0)
-        similar.eliminate_zeros()
         r, c, v = _top_k(similar, self.neighbours)
-        similar = sp.csr_matrix((v, (r, c)), shape=(n_items, n_items))
-        weight = sp.csr_matrix(
-            (np.log1p(history["orders"].to_numpy()) * np.exp(-days_since / 180), (u, i)),
-            shape=(n_users, n_items),
+        counts = by_pair(orders)
+        user_factors, item_factors = self._als(counts)
+        items = self._item_stats(history, i, shape[1], as_of)
+        popular = np.argsort(-items["pop_30d"] - 1e-3 * items["pop_orders"])
+        return _Context(
+            index=index,
+            orders=counts,
+            quantity=by_pair(history["quantity"].to_numpy().astype(np.float32)),
+            days_since=by_pair(days_since + 1e-3),
+            days_since_first=by_pair(days_before("first_ordered_at") + 1e-3),
+            decayed=by_pair(np.log1p(orders) * np.exp(-days_since / 180)),
+            similar=sp.csr_matrix((v, (r, c)), shape=(shape[1], shape[1])),
+            items=items,
+            popular=popular[: self.popular_candidates],
+            user_factors=user_factors,
+            item_factors=item_factors,
         )
-        cf = (weight @ similar).tocsr()
-        cf_rows, cf_cols, _ = _top_k(cf - cf.multiply(bought), self.cf_candidates)
+
+    def _als(self, counts: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+        """BM25-weighted ALS factors; on large shops item factors come from a sample of
+        customers and everyone's factors are then solved against them (exact fold-in)."""
         als = AlternatingLeastSquares(
             factors=self.als_factors,
             iterations=15,
@@ -161,29 +200,47 @@ class ProductRanker(Settings):
             random_state=self.random_state,
             num_threads=2,
         )
-        own_counts = sp.csr_matrix(
-            (history["orders"].to_numpy().astype(np.float32), (u, i)), shape=(n_users, n_items)
-        )
-        als.fit(bm25_weight(own_counts, K1=100, B=0.8).tocsr(), show_progress=False)
-        als_items, _ = als.recommend(
-            np.arange(n_users), own_counts, N=self.als_candidates, filter_already_liked_items=True
-        )
-        als_rows = np.repeat(np.arange(n_users), als_items.shape[1])
-        als_cols = als_items.ravel()
-        keep = als_cols >= 0
-        als_rows, als_cols = als_rows[keep], als_cols[keep]
-        item_stats = self._item_stats(history, i, n_items, as_of)
-        popular = np.argsort(-item_stats["pop_30d"] - 1e-3 * item_stats["pop_orders"])[
-            : self.popular_candidates
-        ]
+        weighted = bm25_weight(counts, K1=100, B=0.8).tocsr().astype(np.float32)
+        n_users = weighted.shape[0]
+        if n_users <= self.als_sample:
+            als.fit(weighted, show_progress=False)
+            return als.user_factors, als.item_factors
+        rng = np.random.default_rng(self.random_state)
+        sample = np.sort(rng.choice(n_users, self.als_sample, replace=False))
+        als.fit(weighted[sample], show_progress=False)
+        users = np.empty((n_users, self.als_factors), np.float32)
+        for start in range(0, n_users, self.chunk_size):
+            rows = np.arange(start, min(start + self.chunk_size, n_users))
+            users[rows] = als.recalculate_user(rows, weighted[rows])
+        return users, als.item_factors
+
+    def _pairs(self, context: _Context, users: np.ndarray) -> pl.DataFrame:
+        """Candidate pairs, with their features, for the customers at codes `users`."""
+        orders = context.orders[users]
+        bought = orders.copy()
+        bought.data[:] = 1
+        cf = (context.decayed[users] @ context.similar).tocsr()
+        cf_rows, cf_cols, _ = _top_k(cf - cf.multiply(bought), self.cf_candidates)
+        user_factors = context.user_factors[users]
+        als_scores = user_factors @ context.item_factors.T
+        als_scores[bought.nonzero()] = -np.inf
+        k = min(self.als_candidates, als_scores.shape[1])
+        als_cols = np.argpartition(-als_scores, k - 1, axis=1)[:, :k].ravel()
+        als_rows = np.repeat(np.arange(len(users)), k)
+        keep = np.isfinite(als_scores[als_rows, als_cols])
+        own_rows, own_cols = bought.nonzero()
+        popular = context.popular
         pairs = np.unique(
             np.concatenate(
                 [
-                    np.stack([u, i], 1),
+                    np.stack([own_rows, own_cols], 1),
                     np.stack([cf_rows, cf_cols], 1),
-                    np.stack([als_rows, als_cols], 1),
+                    np.stack([als_rows[keep], als_cols[keep]], 1),
                     np.stack(
-                        [np.repeat(np.arange(n_users), popular.size), np.tile(popular, n_users)],
+                        [
+                            np.repeat(np.arange(len(users)), popular.size),
+                            np.tile(popular, len(users)),
+                        ],
                         1,
                     ),
                 ]
@@ -191,49 +248,57 @@ class ProductRanker(Settings):
             axis=0,
         )
         pu, pi = pairs[:, 0], pairs[:, 1]
-        own = sp.csr_matrix((history["orders"].to_numpy(), (u, i)), shape=(n_users, n_items))
-        qty = sp.csr_matrix((history["quantity"].to_numpy(), (u, i)), shape=(n_users, n_items))
-        since = sp.csr_matrix((days_since + 1e-3, (u, i)), shape=(n_users, n_items))
-        first = (pl.lit(as_of) - history["first_ordered_at"]).dt.total_hours() / 24
-        since_first = sp.csr_matrix(
-            (history.select(first).to_series().to_numpy() + 1e-3, (u, i)), shape=(n_users, n_items)
-        )
-        user_orders = np.asarray(own.sum(axis=1)).ravel()
-        user_products = np.diff(own.indptr)
-        user_since = np.full(n_users, np.inf)
-        np.minimum.at(user_since, u, days_since)
-        own_days = np.asarray(since[pu, pi]).ravel()
+
+        def at(m: sp.csr_matrix) -> np.ndarray:
+            return np.asarray(m[pu, pi]).ravel()
+
+        user_orders = np.asarray(orders.sum(axis=1)).ravel()
+        user_since = np.full(len(users), np.inf)
+        since = context.days_since[users]
+        np.minimum.at(user_since, since.nonzero()[0], since.data)
+        own_orders = at(orders)
+        own_days = at(since)
         own_days = np.where(own_days > 0, own_days, np.nan)
-        cf_pair = np.asarray(cf[pu, pi]).ravel()
-        cf_rank = _rank_within(pu, -cf_pair)
-        als_pair = np.einsum("ij,ij->i", als.user_factors[pu], als.item_factors[pi])
-        als_rank = _rank_within(pu, -als_pair)
+        cf_pair = at(cf)
+        als_pair = np.einsum("ij,ij->i", user_factors[pu], context.item_factors[pi])
         features = {
-            "own_orders": np.asarray(own[pu, pi]).ravel(),
-            "own_quantity": np.asarray(qty[pu, pi]).ravel(),
+            "own_orders": own_orders,
+            "own_quantity": at(context.quantity[users]),
             "own_days_since": own_days,
             "own_days_since_first": np.where(
-                np.isnan(own_days), np.nan, np.asarray(since_first[pu, pi]).ravel()
+                np.isnan(own_days), np.nan, at(context.days_since_first[users])
             ),
-            "own_share": np.asarray(own[pu, pi]).ravel() / np.maximum(user_orders[pu], 1),
-            "due_ratio": own_days / np.maximum(item_stats["repeat_interval_days"][pi], 1.0),
+            "own_share": own_orders / np.maximum(user_orders[pu], 1),
+            "due_ratio": own_days / np.maximum(context.items["repeat_interval_days"][pi], 1.0),
             "cf_score": cf_pair,
-            "cf_rank": cf_rank.astype(float),
+            "cf_rank": _rank_within(pu, -cf_pair).astype(float),
             "als_score": als_pair,
-            "als_rank": als_rank.astype(float),
+            "als_rank": _rank_within(pu, -als_pair).astype(float),
             "user_orders": user_orders[pu],
-            "user_products": user_products[pu].astype(float),
+            "user_products": np.diff(orders.indptr)[pu].astype(float),
             "user_days_since": user_since[pu],
         }
         for name in ITEM_FEATURES:
-            features[name] = item_stats[name][pi]
+            features[name] = context.items[name][pi]
         return pl.DataFrame(
             {
-                "customer_id": index.customers[pu],
-                "product_id": index.products[pi],
+                "customer_id": context.index.customers[users[pu]],
+                "product_id": context.index.products[pi],
                 **{name: features[name].astype(np.float32) for name in PAIR_FEATURES},
             }
         )
+
+    def _chunks(self, history: pl.DataFrame, as_of: datetime) -> Iterator[pl.DataFrame]:
+        """Candidate pairs for every customer in `history`, a chunk of customers at a time."""
+        context = self._context(history, as_of)
+        # a chunk's dense ALS scores (customers x products) stay near 200 MB
+        step = max(1, min(self.chunk_size, 50_000_000 // max(len(context.index.products), 1)))
+        for start in range(0, context.n_users, step):
+            yield self._pairs(context, np.arange(start, min(start + step, context.n_users)))
+
+    def candidates(self, history: pl.DataFrame, as_of: datetime) -> pl.DataFrame:
+        """Every candidate (customer, product) pair with its features, for one cut-off."""
+        return pl.concat(self._chunks(history, as_of))
 
     @staticmethod
     def _item_stats(history: pl.DataFrame, i: np.ndarray, n_items: int, as_of: datetime) -> dict:
@@ -314,30 +379,34 @@ class ProductRanker(Settings):
         n: int = 10,
         exclude: pl.DataFrame | None = None,
         new_only: bool = False,
+        unavailable: Collection[str] = (),
     ) -> pl.DataFrame:
         """Top-`n` products per customer in `history`: `customer_id`, `products`, `scores`.
 
         `exclude` lists (customer_id, product_id) pairs never to recommend (business rules);
-        `new_only` keeps only products the customer has not bought.
+        `new_only` keeps only products the customer has not bought; `unavailable` products
+        (out of stock) are offered to no one.
         """
         check_is_fitted(self, "booster_")
-        pairs = self.candidates(history, as_of)
-        if new_only:
-            pairs = pairs.filter(pl.col("own_orders") == 0)
-        if exclude is not None:
-            pairs = pairs.join(exclude, on=["customer_id", "product_id"], how="anti")
         booster = self.booster_new_ if new_only else self.booster_
-        scores = booster.predict(matrix(pairs, PAIR_FEATURES))
-        return (
-            pairs.select("customer_id", "product_id")
-            .with_columns(score=scores)
-            .sort(["customer_id", "score"], descending=[False, True])
-            .group_by("customer_id", maintain_order=True)
-            .agg(
-                pl.col("product_id").head(n).alias("products"),
-                pl.col("score").head(n).alias("scores"),
+        ranked = []
+        for pairs in self._chunks(history, as_of):
+            if new_only:
+                pairs = pairs.filter(pl.col("own_orders") == 0)
+            if exclude is not None:
+                pairs = pairs.join(exclude, on=["customer_id", "product_id"], how="anti")
+            pairs = pairs.filter(~pl.col("product_id").is_in(list(unavailable)))
+            ranked.append(
+                pairs.select("customer_id", "product_id")
+                .with_columns(score=booster.predict(matrix(pairs, PAIR_FEATURES)))
+                .sort(["customer_id", "score"], descending=[False, True])
+                .group_by("customer_id", maintain_order=True)
+                .agg(
+                    pl.col("product_id").head(n).alias("products"),
+                    pl.col("score").head(n).alias("scores"),
+                )
             )
-        )
+        return pl.concat(ranked)
 
     @property
     def feature_importances_(self) -> dict[str, float]:

@@ -122,10 +122,16 @@ class PurchasePropensity(Settings):
             sorted(zip(self.feature_names_, gain / gain.sum(), strict=True), key=lambda kv: -kv[1])
         )
 
-    def top_reasons(self, X: pl.DataFrame, k: int = 3) -> list[list[str]]:
-        """Per row, the features that raise the score most (SHAP contributions)."""
+    def top_reasons(self, X: pl.DataFrame, k: int = 3, trees: int | None = None) -> list[list[str]]:
+        """Per row, the features that raise the score most (SHAP contributions).
+
+        `trees` limits the explanation to the first trees, the coarse effects: TreeSHAP costs
+        grow with every tree, and for a million customers the full model takes minutes.
+        """
         check_is_fitted(self, "booster_")
-        contrib = self.booster_.predict(matrix(X, self.feature_names_), pred_contrib=True)[:, :-1]
+        contrib = self.booster_.predict(
+            matrix(X, self.feature_names_), pred_contrib=True, num_iteration=trees
+        )[:, :-1]
         order = np.argsort(-contrib, axis=1)[:, :k]
         names = np.array(self.feature_names_)
         return [list(names[row][contrib[i, row] > 0]) for i, row in enumerate(order)]

@@ -55,6 +55,7 @@ class Policy:
     quiet_start: int = 21  # local quiet hours [quiet_start, quiet_end): no sends
     quiet_end: int = 8
     fallback_hour: int = 10  # local hour for recipients with no usable signal
+    reason_trees: int | None = 20  # propensity reasons from the first trees' SHAP values
     segments: SegmentRules = field(default_factory=SegmentRules)
 
 
@@ -105,14 +106,13 @@ def _products(
         pl.col("last_ordered_at") > as_of - timedelta(days=policy.recently_bought_days)
     ).select("customer_id", "product_id")
     out_of_stock = (
-        shop.products.filter(~pl.col("in_stock").fill_null(True)).select("product_id").collect()
+        shop.products.filter(~pl.col("in_stock").fill_null(True)).collect()["product_id"].to_list()
     )
-    pairs_out = history.select("customer_id").unique().join(out_of_stock, how="cross")
     ranked = champions.products.rank(
-        history, as_of, n=policy.products, exclude=pl.concat([recent, pairs_out])
+        history, as_of, n=policy.products, exclude=recent, unavailable=out_of_stock
     )
     popular = (
-        history.join(out_of_stock, on="product_id", how="anti")
+        history.filter(~pl.col("product_id").is_in(out_of_stock))
         .filter(pl.col("last_ordered_at") > as_of - timedelta(days=30))
         .group_by("product_id")
         .agg(pl.col("orders").sum())
@@ -130,7 +130,7 @@ def score_batch(
     policy = policy or Policy()
     features = builders.customer_features(shop, as_of).collect()
     propensity = champions.propensity.predict_proba(features)
-    reasons_top = champions.propensity.top_reasons(features, k=1)
+    reasons_top = champions.propensity.top_reasons(features, k=1, trees=policy.reason_trees)
     activity = builders.activity_hours(shop, as_of).collect()
     groups = features.select("customer_id", group=pl.col("timezone"))
     best = champions.sendtime.best_hours(activity, groups, k=3)

@@ -63,3 +63,40 @@ def hour_hits(best_hours: list[list[int]], actual: np.ndarray) -> dict[str, floa
         "hit@3": float(np.mean([a in s for a, s in zip(actual, top3, strict=True)])),
         "customers": len(actual),
     }
+
+
+def _qini_points(y: np.ndarray, uplift: np.ndarray, treated: np.ndarray):
+    """Cumulative (targeted, incremental responders) at each distinct uplift, best first."""
+    order = np.argsort(-uplift, kind="mergesort")
+    y, uplift, treated = y[order], uplift[order], treated[order]
+    ends = np.r_[np.flatnonzero(np.diff(uplift)), len(uplift) - 1]
+    n_treated = np.cumsum(treated)[ends]
+    n_control = ends + 1 - n_treated
+    y_treated = np.cumsum(y * treated)[ends]
+    y_control = np.cumsum(y * (1 - treated))[ends]
+    ratio = np.divide(n_treated, n_control, out=np.zeros(len(ends)), where=n_control > 0)
+    return np.r_[0, ends + 1], np.r_[0, y_treated - y_control * ratio]
+
+
+def qini_curve(y: np.ndarray, uplift: np.ndarray, treated: np.ndarray):
+    """Qini curve (Radcliffe): customers targeted, best predicted uplift first, against the
+    incremental responders among them (treated responders minus scaled control responders)."""
+    y, treated = np.asarray(y, float), np.asarray(treated, float)
+    return _qini_points(y, np.asarray(uplift, float), treated)
+
+
+def qini_auc(y: np.ndarray, uplift: np.ndarray, treated: np.ndarray) -> float:
+    """Area between the Qini curve and random targeting, over that of the perfect ranking
+    (negative effects allowed): the normalised Qini coefficient of scikit-uplift."""
+    y, treated = np.asarray(y, float), np.asarray(treated, float)
+    x, q = qini_curve(y, uplift, treated)
+    px, pq = qini_curve(y, y * treated - y * (1 - treated), treated)
+    baseline = px[-1] * pq[-1] / 2
+    return float((np.trapezoid(q, x) - baseline) / (np.trapezoid(pq, px) - baseline))
+
+
+def uplift_at_k(y: np.ndarray, uplift: np.ndarray, treated: np.ndarray, k: float = 0.3) -> float:
+    """Response rate of treated minus control among the top `k` share by predicted uplift."""
+    y, treated = np.asarray(y, float), np.asarray(treated, bool)
+    top = np.argsort(-np.asarray(uplift, float), kind="mergesort")[: int(np.ceil(len(y) * k))]
+    return float(y[top][treated[top]].mean() - y[top][~treated[top]].mean())

@@ -1,0 +1,149 @@
+"""The value-aware offer policy: per customer, the arm with the highest expected incremental
+profit, under a budget and a maximum share per arm, with exploration and a holdout so the
+next campaign is randomised data again.
+
+Incremental profit of arm a against control, for one customer:
+
+    margin * (E[revenue | a] - E[revenue | control]) - cost(a)
+    cost(a) = percent(a) * E[revenue | a] + per_order(a) * P(buy | a) + per_send(a)
+
+The cost is paid on every order the offer touches, including those the customer would have
+placed anyway: an offer that moves nobody costs money. Without a revenue outcome, the
+outcome itself is the value (`value_per_outcome` each).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+
+from sendwise.models.uplift import UpliftModel
+
+from .randomise import uniform
+
+SHIPPING_COST = 4.95
+
+
+@dataclass(frozen=True)
+class ArmCost:
+    percent: float = 0.0  # share of order value given away (10_off: 0.10)
+    per_order: float = 0.0  # fixed cost per order placed under the arm (free shipping)
+    per_send: float = 0.0  # cost of making the offer at all
+
+
+def default_cost(arm: str) -> ArmCost:
+    """Costs read from conventional arm names: `10_off`, `15pct_off`, `free_shipping`."""
+    percent = re.fullmatch(r"(\d+(?:\.\d+)?)(?:pct|_pct|%)?_off", arm)
+    if percent:
+        return ArmCost(percent=float(percent.group(1)) / 100)
+    if arm == "free_shipping":
+        return ArmCost(per_order=SHIPPING_COST)
+    return ArmCost()
+
+
+@dataclass(frozen=True)
+class OfferModel:
+    """Uplift models of one experiment, fitted on its conversion and (where known) revenue."""
+
+    conversion: UpliftModel
+    revenue: UpliftModel | None = None
+
+    @property
+    def arms(self) -> list[str]:
+        return self.conversion.arms_
+
+
+@dataclass(frozen=True)
+class OfferPolicy:
+    margin: float = 0.4  # gross margin on incremental revenue
+    value_per_outcome: float = 1.0  # used when the experiment has no revenue outcome
+    costs: dict[str, ArmCost] = field(default_factory=dict)  # by arm; default_cost otherwise
+    max_share: dict[str, float] = field(default_factory=dict)  # by arm, of all customers
+    budget: float | None = None  # total expected offer cost allowed
+    exploration: float = 0.10  # share given a uniformly random arm
+    holdout: float = 0.05  # share kept in control, flagged `holdout`
+    campaign: str = "default"  # salt: the same customer draws anew in each campaign
+
+    def cost(self, arm: str) -> ArmCost:
+        return self.costs.get(arm, default_cost(arm))
+
+    def expected_values(self, model: OfferModel, X: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, arms) expected incremental profit against control (column 0 is 0) and the
+        expected cost of each arm."""
+        arms = model.arms
+        buy = np.clip(model.conversion.predict_outcome(X), 0, 1)
+        if model.revenue is not None:
+            revenue = np.maximum(model.revenue.predict_outcome(X), 0)
+            gain = self.margin * (revenue - revenue[:, :1])
+        else:
+            revenue = np.zeros_like(buy)
+            gain = self.value_per_outcome * (buy - buy[:, :1])
+        cost = np.column_stack(
+            [
+                self.cost(a).percent * revenue[:, k]
+                + self.cost(a).per_order * buy[:, k]
+                + self.cost(a).per_send
+                for k, a in enumerate(arms)
+            ]
+        )
+        cost[:, 0] = 0.0
+        return gain - cost, cost
+
+    def _greedy(self, values: np.ndarray, cost: np.ndarray, arms: list[str]) -> np.ndarray:
+        """Best arm per row, most valuable rows first, within each arm's share and the budget."""
+        n = len(values)
+        capacity = np.array([self.max_share.get(a, 1.0) * n for a in arms])
+        capacity[0] = np.inf
+        budget = np.inf if self.budget is None else self.budget
+        chosen = np.zeros(n, dtype=np.int64)
+        unconstrained = not self.max_share and self.budget is None
+        best = values.argmax(axis=1)
+        if unconstrained:
+            return np.where(values[np.arange(n), best] > 0, best, 0)
+        preference = np.argsort(-values, axis=1)
+        for row in np.argsort(-values.max(axis=1), kind="stable"):
+            for arm in preference[row]:
+                if values[row, arm] <= 0 or arm == 0:
+                    break
+                if capacity[arm] >= 1 and cost[row, arm] <= budget:
+                    chosen[row] = arm
+                    capacity[arm] -= 1
+                    budget -= cost[row, arm]
+                    break
+        return chosen
+
+    def decide(self, model: OfferModel, X: pl.DataFrame, ids: list[str]) -> pl.DataFrame:
+        """Per customer: chosen arm, its expected incremental profit, whether held out or
+        exploring, and the probability the chosen arm had (for causal use of the log)."""
+        arms = model.arms
+        values, cost = self.expected_values(model, X)
+        policy = self._greedy(values, cost, arms)
+        held = uniform(ids, f"{self.campaign}:offer-holdout") < self.holdout
+        explore_draw = uniform(ids, f"{self.campaign}:offer-explore")
+        exploring = ~held & (explore_draw < self.exploration)
+        random_arm = np.minimum(
+            (uniform(ids, f"{self.campaign}:offer-arm") * len(arms)).astype(int), len(arms) - 1
+        )
+        chosen = np.where(held, 0, np.where(exploring, random_arm, policy))
+        # P(chosen | customer): holdout and exploration mix with the policy's own choice
+        share = (1 - self.holdout) * self.exploration / len(arms)
+        probability = share + (1 - self.holdout) * (1 - self.exploration) * (chosen == policy)
+        probability = probability + self.holdout * (chosen == 0)
+        rows = np.arange(len(ids))
+        uplift = model.conversion.predict_uplift(X)
+        return pl.DataFrame(
+            {
+                "customer_id": ids,
+                **{f"uplift_{a}": uplift[:, k] for k, a in enumerate(arms[1:])},
+                **{f"value_{a}": values[:, k] for k, a in enumerate(arms)},
+                "policy_arm": np.array(arms)[policy],
+                "offer": np.array(arms)[chosen],
+                "expected_value": values[rows, chosen],
+                "holdout": held,
+                "exploring": exploring,
+                "probability": probability,
+            }
+        )
