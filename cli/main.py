@@ -38,7 +38,9 @@ app = typer.Typer(
 )
 import_app = typer.Typer(help="Turn published data into a shop directory.", no_args_is_help=True)
 features_app = typer.Typer(help="Point-in-time customer features.", no_args_is_help=True)
+report_app = typer.Typer(help="Reports for marketers.", no_args_is_help=True)
 app.add_typer(import_app, name="import")
+app.add_typer(report_app, name="report")
 app.add_typer(features_app, name="features")
 
 console = Console(stderr=True)
@@ -118,23 +120,128 @@ class Task(StrEnum):
     propensity = "propensity"
     crosssell = "crosssell"
     sendtime = "sendtime"
+    offer = "offer"
     all = "all"
 
 
 Horizon = Annotated[int, typer.Option("--horizon-days", min=1, help="Outcome window H in days.")]
+OptionalShop = Annotated[
+    Path | None, typer.Option("--shop", help="Shop directory (Parquet or CSV tables).")
+]
+OptionalAsOf = Annotated[
+    str | None,
+    typer.Option("--as-of", help="Cut-off: YYYY-MM-DD (end of day, UTC) or ISO timestamp."),
+]
+ExperimentFile = Annotated[
+    Path | None,
+    typer.Option("--experiment", help="Experiment table (CSV or Parquet), one row per customer."),
+]
+ArmCol = Annotated[str | None, typer.Option("--arm-col", help="Column naming each row's arm.")]
+Control = Annotated[str | None, typer.Option("--control", help="The control arm's value.")]
+Outcome = Annotated[str | None, typer.Option("--outcome", help="Outcome column (e.g. visit).")]
+Exclude = Annotated[
+    str | None,
+    typer.Option("--exclude", help="Post-treatment columns, comma-separated: never features."),
+]
+Revenue = Annotated[
+    str | None, typer.Option("--revenue", help="Revenue column of the experiment file, if any.")
+]
+Campaign = Annotated[
+    str | None, typer.Option("--campaign", help="Campaign in the shop's assignments (latest).")
+]
+WindowDays = Annotated[
+    int, typer.Option("--window-days", min=1, help="Outcome window after assignment, in days.")
+]
+
+
+def _experiment(
+    experiment: Path | None,
+    shop: Path | None,
+    campaign: str | None,
+    window_days: int,
+    arm_col: str | None,
+    control: str | None,
+    outcome: str | None,
+    exclude: str | None,
+    revenue: str | None,
+):
+    """The experiment table named on the command line (a file, or a campaign of the shop)."""
+    from sendwise.features.experiment import (
+        ExperimentSpec,
+        campaign_experiment,
+        read_experiment,
+    )
+
+    if experiment is not None:
+        defaults = ExperimentSpec()
+        spec = ExperimentSpec(
+            arm_col=arm_col or defaults.arm_col,
+            control=control or defaults.control,
+            outcome=outcome or defaults.outcome,
+            exclude=tuple(c.strip() for c in (exclude or "").split(",") if c.strip()),
+            revenue=revenue,
+        )
+        return read_experiment(experiment, spec)
+    if shop is None:
+        raise SendwiseError("name an experiment: --experiment FILE, or --shop DIR [--campaign]")
+    return campaign_experiment(read_shop(shop), campaign, window_days, outcome or "conversion")
+
+
+def _train_offer(experiment_args: tuple) -> None:
+    from sendwise.training.offers import train_offer
+
+    with console.status("Reading the experiment..."):
+        table = _experiment(*experiment_args)
+    with console.status(f"Training offer uplift on {len(table.frame):,} customers..."):
+        result = train_offer(table)
+    shown = ", ".join(
+        f"{k} {v:.4f}" for k, v in result.metrics.items() if k in ("uplift_at_30", "qini_auc")
+    )
+    out.print(
+        f"{result.registered.name} v{result.registered.version} is the challenger (arms "
+        f"{', '.join(result.model.arms)}; held-out 30%: {shown})"
+    )
 
 
 @app.command("train")
 def train_command(
     task: Annotated[Task, typer.Argument(help="Which model to train.")],
-    shop: ShopDir,
-    as_of: AsOf,
+    shop: OptionalShop = None,
+    as_of: OptionalAsOf = None,
     horizon_days: Horizon = 90,
+    experiment: ExperimentFile = None,
+    arm_col: ArmCol = None,
+    control: Control = None,
+    outcome: Outcome = None,
+    exclude: Exclude = None,
+    revenue: Revenue = None,
+    campaign: Campaign = None,
+    window_days: WindowDays = 14,
 ) -> None:
-    """Validate out of time, fit on everything known at the cut-off, log to MLflow, register
-    the model as `challenger`."""
+    """Validate, fit, log to MLflow and register the model as `challenger`.
+
+    Shop models validate out of time (the H days before the cut-off); the offer model learns
+    from a randomised experiment (a file, or the shop's latest campaign) and validates on a
+    held-out 30%. `all` trains the offer model too when the shop has assignments.
+    """
     from sendwise.training.train import MODELS, train
 
+    experiment_args = (
+        experiment,
+        shop,
+        campaign,
+        window_days,
+        arm_col,
+        control,
+        outcome,
+        exclude,
+        revenue,
+    )
+    if task is Task.offer:
+        _train_offer(experiment_args)
+        return
+    if shop is None or as_of is None:
+        raise SendwiseError(f"train {task.value} needs --shop and --as-of")
     cutoff, data = parse_as_of(as_of), read_shop(shop)
     for name in MODELS if task is Task.all else [task.value]:
         with console.status(f"Training {name}..."):
@@ -144,6 +251,8 @@ def train_command(
             f"{result.registered.name} v{result.registered.version} is the challenger "
             f"(validation on the {horizon_days} days before the cut-off: {shown})"
         )
+    if task is Task.all and "assignments" in data.present:
+        _train_offer(experiment_args)
 
 
 class Tunable(StrEnum):
@@ -201,7 +310,10 @@ def promote_command(
     from sendwise.training.train import MODELS
 
     refused = False
-    for name in MODELS if task is Task.all else [task.value]:
+    names = [*MODELS, "offer"] if task is Task.all else [task.value]
+    for name in names:
+        if task is Task.all and name == "offer" and not registry.alias_version(name, "challenger"):
+            continue
         result = registry.promote(name, PRIMARY_METRIC[name])
         out.print(result.message)
         refused |= not result.promoted
@@ -280,6 +392,103 @@ def score_command(
         f"Wrote {out_file}: {len(decisions):,} decisions in {time.perf_counter() - started:.1f}s "
         f"(models {decisions['model_versions'][0] if len(decisions) else '-'})"
     )
+
+
+def _offer_policy(margin: float, exploration: float, holdout: float, max_share: list[str]):
+    from sendwise.serving.offers import OfferPolicy
+
+    shares = {}
+    for item in max_share:
+        arm, _, share = item.partition("=")
+        try:
+            shares[arm.strip()] = float(share)
+        except ValueError:
+            raise SendwiseError(
+                f"--max-share {item!r}: expected ARM=SHARE, e.g. 10_off=0.3"
+            ) from None
+    return OfferPolicy(margin=margin, exploration=exploration, holdout=holdout, max_share=shares)
+
+
+Margin = Annotated[float, typer.Option(min=0.0, max=1.0, help="Gross margin on revenue.")]
+Exploration = Annotated[
+    float, typer.Option(min=0.0, max=1.0, help="Share given a random arm (keeps data causal).")
+]
+Holdout = Annotated[float, typer.Option(min=0.0, max=1.0, help="Share held out in control.")]
+MaxShare = Annotated[
+    list[str] | None, typer.Option("--max-share", help="ARM=SHARE cap, e.g. 10_off=0.3.")
+]
+
+
+@app.command("score-experiment")
+def score_experiment_command(
+    experiment: Annotated[Path, typer.Option("--experiment", help="Customers to score.")],
+    out_file: Annotated[Path, typer.Option("--out", help="Output .parquet or .csv file.")],
+    margin: Margin = 0.4,
+    exploration: Exploration = 0.1,
+    holdout: Holdout = 0.05,
+    max_share: MaxShare = None,
+) -> None:
+    """Per customer: predicted uplift of each arm, expected incremental profit, chosen arm.
+
+    Uses the champion offer model, which remembers its experiment's layout: arm and outcome
+    columns in the file are ignored.
+    """
+    from sendwise.features.experiment import ID, read_table_file
+    from sendwise.models.uplift import OfferModel
+    from sendwise.store import registry
+
+    with console.status("Loading the offer champion..."):
+        path, version = registry.download("offer")
+        model = OfferModel.load(path)
+    frame = read_table_file(experiment)
+    missing = [c for c in model.feature_names if c not in frame.columns]
+    if missing:
+        raise SendwiseError(f"{experiment}: no column {', '.join(missing[:5])} (model features)")
+    ids = frame[ID].to_list() if ID in frame.columns else [str(i) for i in range(len(frame))]
+    policy = _offer_policy(margin, exploration, holdout, max_share or [])
+    decisions = policy.decide(model, frame.select(model.feature_names), ids)
+    write_frame(decisions, out_file)
+    counts = ", ".join(
+        f"{a} {n:,}" for a, n in decisions["offer"].value_counts(sort=True).iter_rows()
+    )
+    out.print(
+        f"Wrote {out_file}: {len(decisions):,} customers (offer v{version}); offers: {counts}; "
+        f"expected incremental value {decisions['expected_value'].sum():,.2f}"
+    )
+
+
+@report_app.command("uplift")
+def report_uplift_command(
+    out_file: Annotated[Path, typer.Option("--out", help="The HTML page to write.")],
+    experiment: ExperimentFile = None,
+    shop: OptionalShop = None,
+    campaign: Campaign = None,
+    window_days: WindowDays = 14,
+    arm_col: ArmCol = None,
+    control: Control = None,
+    outcome: Outcome = None,
+    exclude: Exclude = None,
+    revenue: Revenue = None,
+    segment_col: Annotated[
+        str | None, typer.Option("--segment-col", help="Column to break effects down by.")
+    ] = None,
+) -> None:
+    """One self-contained HTML page: effects with confidence intervals, incremental outcomes
+    and money, effect by segment and predicted-uplift decile, Qini curves, what targeting is
+    worth, and a plain-words summary."""
+    from sendwise.reports.uplift import render, summarise
+    from sendwise.store.files import atomic_path
+
+    table = _experiment(
+        experiment, shop, campaign, window_days, arm_col, control, outcome, exclude, revenue
+    )
+    with console.status("Estimating effects and cross-fitting uplift..."):
+        summary = summarise(table, segment_col)
+        page = render(summary)
+    with atomic_path(out_file) as staging:
+        staging.write_text(page, encoding="utf-8")
+    out.print(f"Wrote {out_file}")
+    out.print(summary.headline())
 
 
 @app.command()

@@ -39,9 +39,10 @@ class ExperimentSpec:
     outcome: str = "conversion"
     exclude: tuple[str, ...] = ()
     propensity_col: str = "propensity"  # logged P(assigned arm); used where present
+    revenue: str | None = None  # a revenue outcome besides `outcome`, if the table has one
 
     def not_features(self, columns: list[str]) -> set[str]:
-        named = {ID, self.arm_col, self.outcome, self.propensity_col, *self.exclude}
+        named = {ID, self.arm_col, self.outcome, self.propensity_col, self.revenue, *self.exclude}
         return named & set(columns)
 
 
@@ -74,16 +75,8 @@ class Experiment:
     def treated(self) -> np.ndarray:
         return self.arm != self.spec.control
 
-    def with_outcome(self, outcome: str) -> Experiment:
-        """The same experiment judged on another of its outcome columns."""
-        spec = ExperimentSpec(
-            self.spec.arm_col,
-            self.spec.control,
-            outcome,
-            tuple(set(self.spec.exclude) | {self.spec.outcome} - {outcome}),
-            self.spec.propensity_col,
-        )
-        return check_experiment(Experiment(self.frame, spec, self.source, self.outcomes))
+    def subset(self, rows: np.ndarray) -> Experiment:
+        return Experiment(self.frame[rows], self.spec, self.source, self.outcomes)
 
 
 def _fail(source: str, message: str) -> ContractError:
@@ -93,7 +86,8 @@ def _fail(source: str, message: str) -> ContractError:
 def check_experiment(experiment: Experiment, *, leak_check: bool = True) -> Experiment:
     """Every rule an experiment table must meet, each failure one line naming the column."""
     frame, spec, source = experiment.frame, experiment.spec, experiment.source
-    missing = [c for c in (spec.arm_col, spec.outcome, *spec.exclude) if c not in frame.columns]
+    named = (spec.arm_col, spec.outcome, *spec.exclude, *([spec.revenue] if spec.revenue else []))
+    missing = [c for c in named if c not in frame.columns]
     if missing:
         raise _fail(source, f"no column {', '.join(missing)} (columns: {', '.join(frame.columns)})")
     arms = frame[spec.arm_col].cast(pl.String)
@@ -138,9 +132,14 @@ def _refuse_leaks(features: pl.DataFrame, outcome: np.ndarray, name: str, source
 
 def read_experiment(path: str | Path, spec: ExperimentSpec) -> Experiment:
     """An experiment file (CSV, .csv.gz or Parquet), checked against `spec`."""
+    return check_experiment(Experiment(read_table_file(path), spec, str(path)))
+
+
+def read_table_file(path: str | Path) -> pl.DataFrame:
+    """A CSV, .csv.gz or Parquet table with at least one row; `customer_id` read as text."""
     path = Path(path)
     if not path.is_file():
-        raise ContractError(f"{path}: no such experiment file")
+        raise ContractError(f"{path}: no such file")
     if path.stat().st_size == 0:
         raise ContractError(f"{path}: file is empty")
     try:
@@ -155,13 +154,13 @@ def read_experiment(path: str | Path, spec: ExperimentSpec) -> Experiment:
         raise ContractError(f"{path}: no rows")
     if ID in frame.columns:
         frame = frame.with_columns(pl.col(ID).cast(pl.String))
-    return check_experiment(Experiment(frame, spec, str(path)))
+    return frame
 
 
 def campaign_experiment(
     shop: Shop, campaign_id: str | None = None, window_days: int = 14, outcome: str = "conversion"
 ) -> Experiment:
-    """The experiment table of one campaign in `shop.assignments` (the only one if unnamed).
+    """The experiment table of one campaign in `shop.assignments` (the latest if unnamed).
 
     Features are the customer features at the campaign's first assignment; outcomes count
     from each customer's own assignment time to `window_days` after it.
@@ -171,9 +170,7 @@ def campaign_experiment(
     if not campaigns:
         raise ContractError("the shop has no assignments: no campaign to learn offers from")
     if campaign_id is None:
-        if len(campaigns) > 1:
-            raise ContractError(f"the shop has several campaigns; choose one of {campaigns}")
-        campaign_id = campaigns[0]
+        campaign_id = assignments.sort("assigned_at")["campaign_id"][-1]
     if campaign_id not in campaigns:
         raise ContractError(f"no campaign {campaign_id!r} in assignments (have {campaigns})")
     assigned = assignments.filter(pl.col("campaign_id") == campaign_id)
@@ -207,7 +204,7 @@ def campaign_experiment(
     frame = outcomes.join(features, on=ID, how="left").sort(ID).collect()
     if (frame["propensity"] <= 0).any():
         frame = frame.drop("propensity")  # not logged: the learner assumes the observed shares
-    spec = ExperimentSpec(control=_control_arm(frame["arm"]), outcome=outcome)
+    spec = ExperimentSpec(control=_control_arm(frame["arm"]), outcome=outcome, revenue="revenue")
     return check_experiment(
         Experiment(frame, spec, f"campaign {campaign_id}", outcomes=SHOP_OUTCOMES),
         leak_check=False,

@@ -210,3 +210,35 @@ class UpliftModel(Settings):
             if i > 0
         }
         return model
+
+
+class OfferModel:
+    """The uplift models of one experiment: its outcome (conversion, visit...) and, where the
+    experiment has one, revenue; with the experiment's layout, so scoring needs no flags."""
+
+    def __init__(self, outcome: UpliftModel, revenue: UpliftModel | None, spec: dict):
+        self.outcome = outcome
+        self.revenue = revenue
+        self.spec = spec
+
+    @property
+    def arms(self) -> list[str]:
+        return self.outcome.arms_
+
+    @property
+    def feature_names(self) -> list[str]:
+        return self.outcome.feature_names_
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        self.outcome.save(path / "outcome")
+        if self.revenue is not None:
+            self.revenue.save(path / "revenue")
+        save_arrays(path, {"spec": self.spec})
+
+    @classmethod
+    def load(cls, path: str | Path) -> OfferModel:
+        path = Path(path)
+        state, _ = load_arrays(path)
+        revenue = UpliftModel.load(path / "revenue") if (path / "revenue").is_dir() else None
+        return cls(UpliftModel.load(path / "outcome"), revenue, state["spec"])

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
-from sendwise.models.uplift import UpliftModel
+from sendwise.models.uplift import OfferModel
 
 from .randomise import uniform
 
@@ -45,18 +45,6 @@ def default_cost(arm: str) -> ArmCost:
 
 
 @dataclass(frozen=True)
-class OfferModel:
-    """Uplift models of one experiment, fitted on its conversion and (where known) revenue."""
-
-    conversion: UpliftModel
-    revenue: UpliftModel | None = None
-
-    @property
-    def arms(self) -> list[str]:
-        return self.conversion.arms_
-
-
-@dataclass(frozen=True)
 class OfferPolicy:
     margin: float = 0.4  # gross margin on incremental revenue
     value_per_outcome: float = 1.0  # used when the experiment has no revenue outcome
@@ -74,7 +62,7 @@ class OfferPolicy:
         """(rows, arms) expected incremental profit against control (column 0 is 0) and the
         expected cost of each arm."""
         arms = model.arms
-        buy = np.clip(model.conversion.predict_outcome(X), 0, 1)
+        buy = np.clip(model.outcome.predict_outcome(X), 0, None)
         if model.revenue is not None:
             revenue = np.maximum(model.revenue.predict_outcome(X), 0)
             gain = self.margin * (revenue - revenue[:, :1])
@@ -133,7 +121,7 @@ class OfferPolicy:
         probability = share + (1 - self.holdout) * (1 - self.exploration) * (chosen == policy)
         probability = probability + self.holdout * (chosen == 0)
         rows = np.arange(len(ids))
-        uplift = model.conversion.predict_uplift(X)
+        uplift = model.outcome.predict_uplift(X)
         return pl.DataFrame(
             {
                 "customer_id": ids,

@@ -36,6 +36,10 @@ def atomic_path(target: str | Path, directory: bool = False) -> Iterator[Path]:
             staging.rename(target)
             shutil.rmtree(old, ignore_errors=True)
         else:
+            # mkstemp makes files private; the result gets the permissions of a normal write
+            umask = os.umask(0)
+            os.umask(umask)
+            staging.chmod(0o666 & ~umask)
             staging.replace(target)
     except BaseException:
         if staging.is_dir():

@@ -45,7 +45,12 @@ SENDTIME_GRID = {
     "kernel_width": [0.6, 1.0, 1.5],
     "half_life_days": [None, 90.0, 180.0],
 }
-PRIMARY_METRIC = {"propensity": "roc_auc", "crosssell": "ndcg@10", "sendtime": "hit@3"}
+PRIMARY_METRIC = {
+    "propensity": "roc_auc",
+    "crosssell": "ndcg@10",
+    "sendtime": "hit@3",
+    "offer": "qini_auc",
+}
 
 
 @dataclass

@@ -100,3 +100,13 @@ def uplift_at_k(y: np.ndarray, uplift: np.ndarray, treated: np.ndarray, k: float
     y, treated = np.asarray(y, float), np.asarray(treated, bool)
     top = np.argsort(-np.asarray(uplift, float), kind="mergesort")[: int(np.ceil(len(y) * k))]
     return float(y[top][treated[top]].mean() - y[top][~treated[top]].mean())
+
+
+def policy_value(
+    value: np.ndarray, arm: np.ndarray, chosen: np.ndarray, propensity: np.ndarray
+) -> tuple[float, float]:
+    """Inverse-propensity estimate of the mean value per customer had everyone received the
+    `chosen` arm, from randomised data (`arm` got, `propensity` its probability), with the
+    standard error of that mean."""
+    terms = np.asarray(value, float) * (np.asarray(arm) == np.asarray(chosen)) / propensity
+    return float(terms.mean()), float(terms.std(ddof=1) / np.sqrt(len(terms)))

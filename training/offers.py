@@ -1,0 +1,98 @@
+"""Offer models: learn uplift from a randomised experiment, judge it on a held-out share,
+refit on everything, log to MLflow and register a challenger."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from sendwise.features.experiment import Experiment
+from sendwise.models.uplift import OfferModel, UpliftModel
+from sendwise.store import registry
+
+from .metrics import qini_auc, uplift_at_k
+
+VALIDATION_SHARE = 0.3
+
+
+def split(experiment: Experiment, seed: int = 0, test_share: float = VALIDATION_SHARE):
+    """Row indices of a train/test split stratified by arm and by whether the outcome happened."""
+    strata = np.char.add(experiment.arm.astype(str), (experiment.outcome > 0).astype(str))
+    rows = np.arange(len(strata))
+    return train_test_split(rows, test_size=test_share, random_state=seed, stratify=strata)
+
+
+def fit_offer(experiment: Experiment, seed: int = 0, **params) -> OfferModel:
+    """Uplift of every arm on the outcome and, where the experiment has one, on revenue."""
+    spec = asdict(experiment.spec)
+    revenue = experiment.spec.revenue
+    X, control = experiment.features, experiment.spec.control
+    outcome = UpliftModel(random_state=seed, **params).fit(
+        X, experiment.arm, experiment.outcome, control, experiment.propensity
+    )
+    revenue_model = None
+    if revenue is not None:
+        y = experiment.frame[revenue].cast(float).fill_null(0.0).to_numpy()
+        revenue_model = UpliftModel(random_state=seed, **params).fit(
+            X, experiment.arm, y, control, experiment.propensity
+        )
+    return OfferModel(outcome, revenue_model, spec)
+
+
+def uplift_metrics(experiment: Experiment, uplift: np.ndarray, arms: list[str]) -> dict:
+    """uplift@30% and Qini AUC of each arm against control, and their means over arms."""
+    metrics: dict[str, float] = {}
+    control = experiment.arm == experiment.spec.control
+    for k, name in enumerate(arms):
+        rows = control | (experiment.arm == name)
+        y, treated = experiment.outcome[rows], ~control[rows]
+        metrics[f"uplift_at_30_{name}"] = uplift_at_k(y, uplift[rows, k], treated)
+        metrics[f"qini_auc_{name}"] = qini_auc(y, uplift[rows, k], treated)
+    metrics["uplift_at_30"] = float(np.mean([metrics[f"uplift_at_30_{a}"] for a in arms]))
+    metrics["qini_auc"] = float(np.mean([metrics[f"qini_auc_{a}"] for a in arms]))
+    return metrics
+
+
+@dataclass(frozen=True)
+class OfferTrainResult:
+    registered: registry.Registered
+    metrics: dict[str, float]
+    model: OfferModel
+
+
+def train_offer(
+    experiment: Experiment, tags: dict[str, str] | None = None, seed: int = 0
+) -> OfferTrainResult:
+    """Validate on a held-out 30% (stratified by arm and outcome), refit on all, register."""
+    from .train import code_version
+
+    train_rows, test_rows = split(experiment, seed)
+    held_out = experiment.subset(test_rows)
+    validation_model = fit_offer(experiment.subset(train_rows), seed)
+    metrics = uplift_metrics(
+        held_out,
+        validation_model.outcome.predict_uplift(held_out.features),
+        validation_model.outcome.treatments_,
+    )
+    model = fit_offer(experiment, seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = Path(tmp) / "model"
+        model.save(model_dir)
+        all_tags = {
+            "task": "offer",
+            "experiment": experiment.source,
+            "outcome": experiment.spec.outcome,
+            "code_version": code_version(),
+            "primary_metric": "qini_auc",
+            **(tags or {}),
+        }
+        documents = {"spec.json": model.spec, "features.json": model.feature_names}
+        params = {**model.outcome.get_params(), "arms": ",".join(model.arms)}
+        registered = registry.log_and_register(
+            "offer", model_dir, params, metrics, all_tags, documents
+        )
+    return OfferTrainResult(registered, metrics, model)
