@@ -12,12 +12,15 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from sendwise.features import builders
+from sendwise.features.experiment import campaign_experiment
 from sendwise.features.shop import read_shop, write_shop
 from sendwise.features.simulate import SimulationSettings, simulate
+from sendwise.reports.uplift import render, summarise
 from sendwise.serving.engine import Champions, score_batch
 from sendwise.store import registry
-from sendwise.store.files import write_frame
+from sendwise.store.files import atomic_path, write_frame
 from sendwise.training.backtest import PRIMARY_METRIC
+from sendwise.training.offers import train_offer
 from sendwise.training.train import MODELS, train
 
 HORIZON_DAYS = 30
@@ -67,9 +70,18 @@ def run_demo(workdir: Path, customers: int, out: Console) -> None:
             )
             trained.append(train(task, shop, as_of, HORIZON_DAYS))
             registry.promote(task, PRIMARY_METRIC[task])
+        progress.update(step, description="Learning offer uplift from the randomised campaign")
+        campaign = campaign_experiment(shop)
+        offer = train_offer(campaign)
+        registry.promote("offer", PRIMARY_METRIC["offer"])
         progress.update(step, description="Scoring every customer with the champions")
         decisions = score_batch(Champions.load(), shop, as_of)
         write_frame(decisions, workdir / "decisions.parquet")
+        progress.update(step, description="Writing the uplift report")
+        summary = summarise(campaign, title=f"Uplift report: the demo shop's {campaign.source}")
+        report = workdir / "uplift_report.html"
+        with atomic_path(report) as staging:
+            staging.write_text(render(summary), encoding="utf-8")
     share, eligible = planted_hour_recovery(features, truth)
     rows = ", ".join(f"{name} {len(frame):,}" for name, frame in tables.items())
     out.print(f"[bold]Shop[/bold] {shop_dir}: {rows}")
@@ -105,6 +117,7 @@ def run_demo(workdir: Path, customers: int, out: Console) -> None:
                 "customer_id",
                 "segment",
                 "purchase_propensity",
+                "offer",
                 pl.col("products").list.head(3).list.join(" "),
                 pl.col("best_hours").list.eval(pl.element().cast(pl.String)).list.join(" "),
                 "send_at",
@@ -112,4 +125,16 @@ def run_demo(workdir: Path, customers: int, out: Console) -> None:
             "Sample decisions",
         )
     )
+    shown = ", ".join(f"{k} {v:.3f}" for k, v in offer.metrics.items() if k == "qini_auc")
+    out.print(
+        f"[bold]Model[/bold] {offer.registered.name} v{offer.registered.version} (arms "
+        f"{', '.join(offer.model.arms)}; {shown} on a held-out 30% of the campaign)"
+    )
+    out.print(
+        "[bold]Offers[/bold] "
+        + ", ".join(f"{o} {n}" for o, n in decisions["offer"].value_counts(sort=True).iter_rows())
+        + f"; holdout {decisions['holdout'].mean():.1%}"
+    )
+    out.print(f"[bold]Uplift report[/bold] {report}")
+    out.print(summary.headline())
     out.print(f"Done in {time.perf_counter() - started:.1f}s")

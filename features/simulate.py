@@ -288,8 +288,9 @@ def _campaign(w: _World) -> tuple[pl.DataFrame, _Orders, np.ndarray, np.ndarray]
     eligible = np.flatnonzero(w.opt_in & (w.created < at))
     arm = w.rng.choice(len(ARMS), eligible.size, p=ARM_PROBABILITIES)
     # planted per-customer uplift: discounts move price-sensitive buyers, free shipping moves
-    # small baskets; leads respond to any welcome incentive; lapsed buyers respond less
-    basket = w.product_price[w.pick_products(np.arange(n))] * 1.7
+    # small baskets (the customer's usual basket, from the categories they favour); leads
+    # respond to any welcome incentive; lapsed buyers respond less
+    basket = w.affinity @ np.array([p for *_, p in CATEGORIES]) * 1.7
     lapsed = (w.dropout < at) & ~w.is_lead
     uplift_discount = np.where(w.is_lead, 0.05, 0.01 + 0.14 * w.price_sensitivity**2)
     uplift_shipping = np.where(w.is_lead, 0.03, 0.11 / (1 + np.exp((basket - 45) / 12)))

@@ -81,16 +81,8 @@ class UpliftModel(Settings):
 
     # --- learning -------------------------------------------------------------------------
 
-    def fit(
-        self,
-        X: pl.DataFrame,
-        arm: np.ndarray,
-        y: np.ndarray,
-        control: str,
-        propensity: np.ndarray | None = None,
-    ) -> UpliftModel:
-        """Learn from a randomised experiment: features, assigned arm, outcome, control arm's
-        name, and optionally each row's logged probability of the arm it got."""
+    def _prepare(self, X, arm, y, control, propensity):
+        """Check the experiment, learn the feature layout; (matrix, arms, outcome, weights)."""
         arm = np.asarray(arm).astype(str)
         y = np.asarray(y, dtype=float)
         if np.isnan(y).any():
@@ -108,20 +100,34 @@ class UpliftModel(Settings):
             for name in X.columns
             if X[name].dtype in (pl.String, pl.Categorical, pl.Enum, pl.Boolean)
         }
-        x = self._matrix(X)
         if propensity is None:
             shares = {a: float(np.mean(arm == a)) for a in [control, *self.treatments_]}
             propensity = np.array([shares[a] for a in arm])
         propensity = np.asarray(propensity, dtype=float)
         if ((propensity <= 0) | (propensity > 1) | np.isnan(propensity)).any():
             raise ModelFitError("randomisation probabilities must lie in (0, 1]")
-        weight = 1 / propensity
+        return self._matrix(X), arm, y, 1 / propensity
+
+    def _fit_outcomes(self, x, arm, y, weight) -> None:
         self.outcome_ = {}
-        for name in [control, *self.treatments_]:
+        for name in [self.control_, *self.treatments_]:
             rows = arm == name
             if len(np.unique(y[rows])) < 2:
                 raise ModelFitError(f"arm {name!r} has one outcome value only; nothing to learn")
             self.outcome_[name] = self._booster(x[rows], y[rows], weight[rows], self.binary_)
+
+    def fit(
+        self,
+        X: pl.DataFrame,
+        arm: np.ndarray,
+        y: np.ndarray,
+        control: str,
+        propensity: np.ndarray | None = None,
+    ) -> UpliftModel:
+        """Learn from a randomised experiment: features, assigned arm, outcome, control arm's
+        name, and optionally each row's logged probability of the arm it got."""
+        x, arm, y, weight = self._prepare(X, arm, y, control, propensity)
+        self._fit_outcomes(x, arm, y, weight)
         self.effect_ = {}
         self.share_ = {}
         control_rows = arm == control
@@ -210,6 +216,58 @@ class UpliftModel(Settings):
             if i > 0
         }
         return model
+
+
+class TwoModelUplift(UpliftModel):
+    """Baseline (DESIGN: "two models, LightGBM"): an outcome model per arm with LightGBM's
+    default settings; the effect is their difference. For evaluation, not for serving."""
+
+    def __init__(
+        self,
+        *,
+        n_estimators: int = 100,
+        learning_rate: float = 0.1,
+        num_leaves: int = 31,
+        min_child_samples: int = 20,
+        random_state: int = 0,
+    ):
+        super().__init__(
+            n_estimators=n_estimators,
+            learning_rate=learning_rate,
+            num_leaves=num_leaves,
+            min_child_samples=min_child_samples,
+            random_state=random_state,
+        )
+
+    def fit(self, X, arm, y, control, propensity=None) -> TwoModelUplift:
+        self._fit_outcomes(*self._prepare(X, arm, y, control, propensity))
+        return self
+
+    def predict_uplift(self, X: pl.DataFrame) -> np.ndarray:
+        check_is_fitted(self, "outcome_")
+        x = self._matrix(X)
+        base = self.outcome_[self.control_].predict(x)
+        return np.column_stack([self.outcome_[a].predict(x) - base for a in self.treatments_])
+
+
+class ClassTransformationUplift(TwoModelUplift):
+    """Baseline (DESIGN: "class transformation, LightGBM"; Jaskowski & Jaroszewicz, 2012): one
+    classifier per arm on z = 1 when (treated and responded) or (control and did not);
+    uplift = 2 P(z) - 1, exact when arm and control are equally likely."""
+
+    def fit(self, X, arm, y, control, propensity=None) -> ClassTransformationUplift:
+        x, arm, y, _ = self._prepare(X, arm, y, control, propensity)
+        self.outcome_ = {}
+        for name in self.treatments_:
+            rows = (arm == name) | (arm == control)
+            z = ((arm[rows] == name) == (y[rows] > 0)).astype(float)
+            self.outcome_[name] = self._booster(x[rows], z, np.ones(rows.sum()), True)
+        return self
+
+    def predict_uplift(self, X: pl.DataFrame) -> np.ndarray:
+        check_is_fitted(self, "outcome_")
+        x = self._matrix(X)
+        return np.column_stack([2 * self.outcome_[a].predict(x) - 1 for a in self.treatments_])
 
 
 class OfferModel:

@@ -18,9 +18,11 @@ from sendwise.features.shop import Shop
 from sendwise.models.products import ProductRanker
 from sendwise.models.propensity import PurchasePropensity
 from sendwise.models.sendtime import SendTimeModel
+from sendwise.models.uplift import OfferModel
 from sendwise.store import registry
 
-from .segments import SegmentRules
+from .offers import OfferPolicy
+from .segments import SegmentOffers, SegmentRules
 
 log = logging.getLogger(__name__)
 
@@ -31,17 +33,23 @@ class Champions:
     products: ProductRanker
     sendtime: SendTimeModel
     versions: dict[str, str]
+    offer: OfferModel | None = None  # until one is champion, offers follow segment rules
 
     @classmethod
     def load(cls) -> Champions:
         paths, versions = {}, {}
         for task in ("propensity", "crosssell", "sendtime"):
             paths[task], versions[task] = registry.download(task)
+        offer = None
+        if registry.alias_version("offer", registry.CHAMPION) is not None:
+            path, versions["offer"] = registry.download("offer")
+            offer = OfferModel.load(path)
         return cls(
             PurchasePropensity.load(paths["propensity"]),
             ProductRanker.load(paths["crosssell"]),
             SendTimeModel.load(paths["sendtime"]),
             versions,
+            offer,
         )
 
 
@@ -57,6 +65,8 @@ class Policy:
     fallback_hour: int = 10  # local hour for recipients with no usable signal
     reason_trees: int | None = 20  # propensity reasons from the first trees' SHAP values
     segments: SegmentRules = field(default_factory=SegmentRules)
+    segment_offers: SegmentOffers = field(default_factory=SegmentOffers)
+    offers: OfferPolicy = field(default_factory=OfferPolicy)  # with a champion offer model
 
 
 def _quiet(hour: int, policy: Policy) -> bool:
@@ -123,6 +133,36 @@ def _products(
     return ranked.select("customer_id", "products"), popular
 
 
+def _offers(
+    champions: Champions, features: pl.DataFrame, segments: pl.DataFrame, policy: Policy
+) -> pl.DataFrame:
+    """`offer`, `offer_value`, `holdout` and `offer_reason` per customer: the champion offer
+    model's value-aware choice where one exists, else the segment rules."""
+    if champions.offer is None:
+        return segments.select(
+            "customer_id",
+            policy.segment_offers.expression(),
+            offer_value=pl.lit(0.0),
+            holdout=pl.lit(False),
+            offer_reason=pl.concat_str(pl.lit("offer_rule_"), "segment"),
+        )
+    model = champions.offer
+    decided = policy.offers.decide(
+        model, features.select(model.feature_names), features["customer_id"].to_list()
+    )
+    return decided.select(
+        "customer_id",
+        "offer",
+        offer_value="expected_value",
+        holdout="holdout",
+        offer_reason=pl.when("holdout")
+        .then(pl.lit("offer_holdout"))
+        .when("exploring")
+        .then(pl.lit("offer_explore"))
+        .otherwise(pl.concat_str(pl.lit("uplift_"), "offer")),
+    )
+
+
 def score_batch(
     champions: Champions, shop: Shop, as_of: datetime, policy: Policy | None = None
 ) -> pl.DataFrame:
@@ -148,6 +188,11 @@ def score_batch(
         .join(ranked, on="customer_id", how="left")
         .with_row_index("row")
     )
+    decisions = decisions.join(
+        _offers(champions, features, decisions.select("customer_id", "segment"), policy),
+        on="customer_id",
+        how="left",
+    )
     zones = sorted(decisions["timezone"].unique().to_list())
     send_at = next_local_time(decisions, as_of, zones)
     cold = decisions["products"].is_null()
@@ -160,7 +205,7 @@ def score_batch(
         .then(pl.lit("sendtime_personal"))
         .otherwise(pl.lit("sendtime_fallback")),
         driver,
-        pl.lit("offer_model_pending"),
+        "offer_reason",
     )
     return (
         decisions.with_columns(
@@ -169,9 +214,6 @@ def score_batch(
             .then(pl.lit(popular, dtype=pl.List(pl.String)))
             .otherwise("products"),
             reasons=reasons,
-            offer=pl.lit("none"),
-            offer_value=pl.lit(0.0),
-            holdout=pl.lit(False),
             send=pl.lit(True),
             model_versions=pl.lit(versions),
             as_of=pl.lit(as_of),

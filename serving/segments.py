@@ -59,6 +59,28 @@ class SegmentRules:
         )
 
 
+@dataclass(frozen=True)
+class SegmentOffers:
+    """Offers by segment until an offer model is champion: a welcome incentive for leads, a
+    win-back discount for lapsed customers, nothing for everyone else (loyal customers buy
+    at full price; an offer would only cost margin)."""
+
+    lead: str = "free_shipping"
+    lapsed: str = "10_off"
+    otherwise: str = "none"
+
+    def expression(self) -> pl.Expr:
+        """The `offer` column, from the `segment` column."""
+        return (
+            pl.when(pl.col("segment") == "lead")
+            .then(pl.lit(self.lead))
+            .when(pl.col("segment") == "lapsed")
+            .then(pl.lit(self.lapsed))
+            .otherwise(pl.lit(self.otherwise))
+            .alias("offer")
+        )
+
+
 def overdue(days: float, cycles: float) -> pl.Expr:
     """No order for `days`, or for `cycles` of the customer's usual interval (2+ orders only)."""
     recency = pl.col("recency_days")

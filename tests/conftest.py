@@ -18,6 +18,7 @@ os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 ONLINE_RETAIL = DATA / "online_retail" / "online_retail_2010_2011.csv.gz"
+HILLSTROM = DATA / "hillstrom" / "hillstrom.csv.gz"
 
 
 @pytest.fixture(scope="session")
@@ -34,11 +35,20 @@ def simulated_shop(simulated):
     return read_shop(simulated[0])
 
 
+def real_data(path: Path) -> Path:
+    if not path.is_file():
+        pytest.skip(f"real data not found at {path} (see ../shared/data/README.md)")
+    return path
+
+
 @pytest.fixture(scope="session")
 def online_retail_file() -> Path:
-    if not ONLINE_RETAIL.is_file():
-        pytest.skip(f"real data not found at {ONLINE_RETAIL} (see ../shared/data/README.md)")
-    return ONLINE_RETAIL
+    return real_data(ONLINE_RETAIL)
+
+
+@pytest.fixture(scope="session")
+def hillstrom() -> Path:
+    return real_data(HILLSTROM)
 
 
 @pytest.fixture(scope="session")
