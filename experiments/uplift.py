@@ -34,32 +34,20 @@ HILLSTROM = ROOT.parent / "shared" / "data" / "hillstrom" / "hillstrom.csv.gz"
 RESULTS = ROOT / "experiments" / "results"
 
 
+def hillstrom(exclude: tuple[str, ...], revenue: str | None = None):
+    spec = ExperimentSpec("segment", "No E-Mail", "visit", exclude=exclude, revenue=revenue)
+    return read_experiment(HILLSTROM, spec)
+
+
 def hillstrom_visit() -> dict:
-    table = read_experiment(
-        HILLSTROM,
-        ExperimentSpec(
-            arm_col="segment",
-            control="No E-Mail",
-            outcome="visit",
-            exclude=("conversion", "spend"),
-        ),
-    )
+    table = hillstrom(exclude=("conversion", "spend"))
     womens = table.subset(np.flatnonzero(table.arm != "Mens E-Mail"))
     return evaluate_uplift(womens)
 
 
 def hillstrom_policy() -> dict:
-    table = read_experiment(
-        HILLSTROM,
-        ExperimentSpec(
-            arm_col="segment",
-            control="No E-Mail",
-            outcome="visit",
-            exclude=("conversion",),
-            revenue="spend",
-        ),
-    )
     # e-mails cost nothing here: the policy picks the arm with the most incremental spend
+    table = hillstrom(exclude=("conversion",), revenue="spend")
     return evaluate_policy(table, OfferPolicy(margin=1.0))
 
 
