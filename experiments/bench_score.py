@@ -1,10 +1,11 @@
 """Benchmark: `sendwise score` on a large simulated shop (target: 1,000,000 customers < 2 min).
 
-    python experiments/bench_score.py [--customers 1000000]
+    python experiments/bench_score.py [--customers 1000000] [--work DIR]
 
 Champions are trained on a 20,000-customer shop from the same simulator (what is measured
 here is scoring, not training), in a throw-away MLflow home; then the real CLI scores the
-large shop in a child process. Writes experiments/results/score.json and score.md.
+large shop in a child process. Writes experiments/results/score.json and score.md. With
+`--work DIR`, shops and champions already in DIR (from an earlier run) are reused.
 """
 
 from __future__ import annotations
@@ -25,44 +26,26 @@ AS_OF = "2026-05-31"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--customers", type=int, default=1_000_000)
+    parser.add_argument("--work", type=Path, help="Keep (and reuse) shops and models here.")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="sendwise-score-") as tmp:
-        work = Path(tmp)
+        work = args.work or Path(tmp)
         env = {
             **os.environ,
             "SENDWISE_HOME": str(work / "home"),
             "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
             "SENDWISE_ARTIFACTS": str(work / "artifacts"),
         }
-        run_cli(
-            ["simulate", "--customers", "20000", "--seed", "1", "--out", str(work / "small")], env
-        )
-        trained = run_cli(
-            [
-                "train",
-                "all",
-                "--shop",
-                str(work / "small"),
-                "--as-of",
-                AS_OF,
-                "--horizon-days",
-                "30",
-            ],
-            env,
-        )
-        run_cli(["promote", "all"], env)
-        run_cli(
-            [
-                "simulate",
-                "--customers",
-                str(args.customers),
-                "--seed",
-                "0",
-                "--out",
-                str(work / "large"),
-            ],
-            env,
-        )
+        small, large = work / "small", work / "large"
+        trained = None  # reused from an earlier run in --work
+        if not small.is_dir():
+            run_cli(["simulate", "--customers", "20000", "--seed", "1", "--out", str(small)], env)
+            train = ["train", "all", "--shop", str(small), "--as-of", AS_OF, "--horizon-days", "30"]
+            trained = run_cli(train, env)
+            run_cli(["promote", "all"], env)
+        if not large.is_dir():
+            customers = str(args.customers)
+            run_cli(["simulate", "--customers", customers, "--seed", "0", "--out", str(large)], env)
         scored = run_cli(
             [
                 "score",
@@ -90,7 +73,8 @@ def main() -> None:
         "",
         "| step | wall (s) | peak RSS (MiB) |",
         "|---|---:|---:|",
-        f"| `sendwise train all` on 20,000 customers (horizon 30 d) | {trained['wall_s']} | {trained['peak_rss_mib']:,} |",
+        "| `sendwise train all` on 20,000 customers (horizon 30 d) | "
+        + (f"{trained['wall_s']} | {trained['peak_rss_mib']:,} |" if trained else "reused | - |"),
         f"| `sendwise score` on {args.customers:,} customers (target < 120 s) | {scored['wall_s']} | {scored['peak_rss_mib']:,} |",
         "",
         f"Output: {scored['stdout']}",
