@@ -491,6 +491,61 @@ def report_uplift_command(
     out.print(summary.headline())
 
 
+@app.command("serve")
+def serve_command(
+    shop: Annotated[
+        Path | None,
+        typer.Option("--shop", help="Shop directory the decisions are for (default: the demo's)."),
+    ] = None,
+    as_of: Annotated[
+        str | None,
+        typer.Option("--as-of", help="Snapshot time (default: the shop's last activity)."),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Interface to bind; 0.0.0.0 exposes it.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 3000,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+    reload_seconds: Annotated[
+        float, typer.Option(min=0.5, help="How often workers look for a new champion.")
+    ] = 10.0,
+    insecure_dev: Annotated[
+        bool, typer.Option("--insecure-dev", help="Serve without API keys (development only).")
+    ] = False,
+) -> None:
+    """The decision API (BentoML): POST /decide, GET /connected/decide, docs at /, /metrics."""
+    from sendwise.store import registry
+
+    shop = shop or home() / "demo" / "shop"
+    if not shop.is_dir():
+        raise SendwiseError(f"{shop}: no shop directory (pass --shop, or run `sendwise demo`)")
+    if as_of:
+        parse_as_of(as_of)  # refuse a bad date here, not in every worker
+    if not os.environ.get("SENDWISE_API_KEYS", "").strip(",") and not insecure_dev:
+        raise SendwiseError(
+            "no API keys: set SENDWISE_API_KEYS (comma-separated), or pass --insecure-dev"
+        )
+    for task in ("propensity", "crosssell", "sendtime"):
+        if registry.alias_version(task, registry.CHAMPION) is None:
+            raise SendwiseError(
+                f"no champion {task} model: run `sendwise train all` and `sendwise promote all`"
+            )
+    os.environ.update(
+        SENDWISE_SHOP=str(shop.resolve()),
+        SENDWISE_RELOAD_SECONDS=str(reload_seconds),
+        SENDWISE_INSECURE_DEV="1" if insecure_dev else "0",
+        MLFLOW_TRACKING_URI=registry.tracking_uri(),
+        SENDWISE_HOME=str(home().resolve()),
+    )
+    if as_of:
+        os.environ["SENDWISE_AS_OF"] = as_of
+    import bentoml
+
+    from sendwise.serving.service import Sendwise
+
+    Sendwise.config["workers"] = workers
+    console.print(f"Serving decisions for {shop} on http://{host}:{port} (API docs at /)")
+    bentoml.serve(Sendwise, host=host, port=port, blocking=True)
+
+
 @app.command()
 def demo(
     customers: Annotated[int, typer.Option(min=100, help="Customers in the demo shop.")] = 2_000,

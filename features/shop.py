@@ -55,6 +55,15 @@ class Shop:
             limited[name] = frame
         return replace(self, **limited)
 
+    def latest(self) -> datetime | None:
+        """The time of the shop's last recorded activity: its "now" when no date is given."""
+        stamps = [
+            self.table(name).select(pl.col(TABLES[name].time_column).max())
+            for name in ("orders", "events", "email_events")
+        ]
+        found = [f.item() for f in pl.collect_all(stamps) if f.item() is not None]
+        return max(found, default=None)
+
     @property
     def missing(self) -> list[str]:
         return [name for name in TABLES if name not in self.present]

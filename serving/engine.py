@@ -64,6 +64,7 @@ class Policy:
     quiet_end: int = 8
     fallback_hour: int = 10  # local hour for recipients with no usable signal
     reason_trees: int | None = 20  # propensity reasons from the first trees' SHAP values
+    bounce_limit: int = 2  # suppressed after this many bounces (one may be a soft bounce)
     segments: SegmentRules = field(default_factory=SegmentRules)
     segment_offers: SegmentOffers = field(default_factory=SegmentOffers)
     offers: OfferPolicy = field(default_factory=OfferPolicy)  # with a champion offer model
@@ -144,6 +145,7 @@ def _offers(
             policy.segment_offers.expression(),
             offer_value=pl.lit(0.0),
             holdout=pl.lit(False),
+            offer_probability=pl.lit(1.0),
             offer_reason=pl.concat_str(pl.lit("offer_rule_"), "segment"),
         )
     model = champions.offer
@@ -155,6 +157,7 @@ def _offers(
         "offer",
         offer_value="expected_value",
         holdout="holdout",
+        offer_probability="probability",
         offer_reason=pl.when("holdout")
         .then(pl.lit("offer_holdout"))
         .when("exploring")
@@ -163,10 +166,48 @@ def _offers(
     )
 
 
+def suppression(policy: Policy) -> pl.Expr:
+    """Why a customer gets no marketing mail at all (null: eligible)."""
+    return (
+        pl.when((pl.col("unsubscribes_total") > 0) | (pl.col("complaints_total") > 0))
+        .then(pl.lit("suppressed_unsubscribed"))
+        .when(pl.col("bounces_total") >= policy.bounce_limit)
+        .then(pl.lit("suppressed_bounced"))
+        .alias("suppression")
+    )
+
+
+DECISION_COLUMNS = (
+    "decision_id",
+    "customer_id",
+    "segment",
+    "send",
+    "holdout",
+    "offer",
+    "offer_value",
+    "products",
+    "send_at",
+    "best_hours",
+    "purchase_propensity",
+    "reasons",
+    "model_versions",
+    "as_of",
+)
+
+
 def score_batch(
     champions: Champions, shop: Shop, as_of: datetime, policy: Policy | None = None
 ) -> pl.DataFrame:
     """One decision per customer known at `as_of` (the DESIGN's decision columns)."""
+    return decision_frame(champions, shop, as_of, policy)[0].select(DECISION_COLUMNS)
+
+
+def decision_frame(
+    champions: Champions, shop: Shop, as_of: datetime, policy: Policy | None = None
+) -> tuple[pl.DataFrame, list[str]]:
+    """Decisions at `as_of` with what the API adds context to (time zone, suppression, the
+    offer's randomisation probability, whether products are personal), and the trending
+    products cold-start recipients get."""
     policy = policy or Policy()
     features = builders.customer_features(shop, as_of).collect()
     propensity = champions.propensity.predict_proba(features)
@@ -181,6 +222,7 @@ def score_batch(
             "timezone",
             "activity_total",
             policy.segments.expression(),
+            suppression(policy),
             pl.Series("purchase_propensity", propensity),
             pl.Series("best_hours", best, dtype=pl.List(pl.Int64)),
             pl.Series("send_hour", send_hours(best, policy)),
@@ -206,37 +248,21 @@ def score_batch(
         .otherwise(pl.lit("sendtime_fallback")),
         driver,
         "offer_reason",
+        pl.col("suppression"),
+    ).list.drop_nulls()
+    frame = decisions.with_columns(
+        send_at=send_at,
+        products=pl.when(cold)
+        .then(pl.lit(popular, dtype=pl.List(pl.String)))
+        .otherwise("products"),
+        reasons=reasons,
+        send=pl.col("suppression").is_null(),  # an offer holdout still gets the email
+        personal_products=~cold,
+        model_versions=pl.lit(versions),
+        as_of=pl.lit(as_of),
+    ).with_columns(
+        decision_id=pl.concat_str("customer_id", pl.lit(as_of.isoformat()), "model_versions")
+        .hash(seed=0)
+        .cast(pl.String)
     )
-    return (
-        decisions.with_columns(
-            send_at=send_at,
-            products=pl.when(cold)
-            .then(pl.lit(popular, dtype=pl.List(pl.String)))
-            .otherwise("products"),
-            reasons=reasons,
-            send=pl.lit(True),
-            model_versions=pl.lit(versions),
-            as_of=pl.lit(as_of),
-        )
-        .with_columns(
-            decision_id=pl.concat_str("customer_id", pl.lit(as_of.isoformat()), "model_versions")
-            .hash(seed=0)
-            .cast(pl.String)
-        )
-        .select(
-            "decision_id",
-            "customer_id",
-            "segment",
-            "send",
-            "holdout",
-            "offer",
-            "offer_value",
-            "products",
-            "send_at",
-            "best_hours",
-            "purchase_propensity",
-            "reasons",
-            "model_versions",
-            "as_of",
-        )
-    )
+    return frame, popular

@@ -1,0 +1,317 @@
+"""The BentoML service, started for real (`bentoml.serve`) on champions in a real MLflow store:
+decisions end to end, API keys, 4xx for every malformed body, a bounded schemathesis fuzz,
+the decision log after a kill mid-batch, and a promotion while requests flow."""
+
+from __future__ import annotations
+
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import polars as pl
+import psutil
+import pytest
+
+from sendwise.features.clock import parse_as_of
+from sendwise.store import registry
+from sendwise.store.decisions import DecisionLog
+from sendwise.training.backtest import fit_products, fit_propensity, fit_sendtime
+
+AS_OF = parse_as_of("2026-05-31")
+KEY = "test-key-1"
+QUICK_SENDTIME = {"prior_strength": 3.0, "kernel_width": 1.0, "half_life_days": 90.0}
+
+
+@pytest.fixture(scope="module")
+def champions(simulated, simulated_shop, tmp_path_factory) -> Iterator[dict[str, str]]:
+    """Champions trained on the simulated shop, in a registry private to this module; yields
+    the environment a server needs."""
+    root = tmp_path_factory.mktemp("serving")
+    env = {
+        "SENDWISE_HOME": str(root / "home"),
+        "SENDWISE_ARTIFACTS": str(root / "artifacts"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+        "SENDWISE_SHOP": str(simulated[0]),
+        "SENDWISE_AS_OF": AS_OF.isoformat(),
+        "SENDWISE_API_KEYS": f"{KEY},second-key",
+        "SENDWISE_RELOAD_SECONDS": "1",
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        for task in ("propensity", "crosssell", "sendtime"):
+            assert register_champion(task, simulated_shop) == "1"
+        yield env
+
+
+def register_champion(task: str, shop, **params) -> str:
+    """Fit one model and make it champion in the real registry. Backtests and promotion
+    rules have their own tests (test_training); serving needs only the champions."""
+    fit = {
+        "propensity": lambda: fit_propensity(shop, AS_OF, 30, **params)[0],
+        "crosssell": lambda: fit_products(shop, AS_OF, 30, **params),
+        "sendtime": lambda: fit_sendtime(shop, AS_OF, 30, **{**QUICK_SENDTIME, **params}),
+    }[task]
+    model = fit()
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save(Path(tmp) / "model")
+        found = registry.log_and_register(task, Path(tmp) / "model", model.get_params(), {}, {"task": task}, {})  # fmt: skip
+    registry.client().set_registered_model_alias(
+        registry.model_name(task), registry.CHAMPION, found.version
+    )
+    return str(found.version)
+
+
+def server_workers() -> list[psutil.Process]:
+    return [
+        p
+        for p in psutil.Process().children(recursive=True)
+        if "_bentoml_impl.worker" in " ".join(p.cmdline())
+    ]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def serving(env: dict[str, str], **extra: str) -> Iterator[tuple[str, object]]:
+    """A real server in child processes; yields (base URL, server) once `/readyz` answers."""
+    import bentoml
+
+    port = free_port()
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in {**env, **extra}.items():
+            patch.setenv(name, value)
+        server = bentoml.serve("sendwise.serving.service:Sendwise", host="127.0.0.1", port=port)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "server did not become ready"
+            time.sleep(0.3)
+        yield url, server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def server(champions) -> Iterator[str]:
+    with serving(champions) as (url, _):
+        yield url
+
+
+def post(url: str, body, key: str | None = KEY, **headers) -> httpx.Response:
+    if key:
+        headers["X-API-Key"] = key
+    return httpx.post(f"{url}/decide", json=body, headers=headers, timeout=60)
+
+
+def test_decisions_end_to_end(server, champions, simulated):
+    shop = simulated[0]
+    known = pl.read_parquet(shop / "customers.parquet")["customer_id"].head(300).to_list()
+    recipients = [{"customer_id": c} for c in known] + [{"customer_id": "never-seen-before"}]
+    window = {
+        "now": "2026-06-01T00:00:00Z",
+        "window_start": "2026-06-01T00:00:00Z",
+        "window_end": "2026-06-03T00:00:00Z",
+    }
+    answer = post(server, {"recipients": recipients, "context": {"campaign": "june", **window}})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    decisions = body["decisions"]
+    assert body["logged"] and [d["customer_id"] for d in decisions] == [
+        r["customer_id"] for r in recipients
+    ]
+    unknown = decisions[-1]
+    assert "cold_start_unknown_customer" in unknown["reasons"] and unknown["products"]
+    sent = [d for d in decisions if d["send"]]
+    assert len(sent) > 200
+    for d in sent:
+        at = datetime.fromisoformat(d["send_at"])
+        assert datetime(2026, 6, 1, tzinfo=UTC) <= at <= datetime(2026, 6, 3, tzinfo=UTC)
+    assert all(d["holdout"] or d["send"] or any(r.startswith(("suppressed", "freq_cap")) for r in d["reasons"]) for d in decisions)  # fmt: skip
+    assert {d["model_versions"] for d in decisions} == {"crosssell:1,propensity:1,sendtime:1"}
+    assert len({d["decision_id"] for d in decisions}) == len(decisions)
+    log = DecisionLog(f"sqlite:///{champions['SENDWISE_HOME']}/decisions.db")
+    assert log.batch_sizes()[body["batch_id"]] == (len(recipients), len(recipients))
+    # the per-recipient GET form answers the same customer with a flat body
+    one = httpx.get(
+        f"{server}/connected/decide",
+        params={"customer_id": known[0], "campaign": "june", "timezone": "Europe/Berlin"},
+        headers={"Authorization": f"Bearer {KEY}"},
+    )
+    assert one.status_code == 200 and one.json()["customer_id"] == known[0]
+    assert one.json()["segment"] == decisions[0]["segment"]
+
+
+def test_keys_health_metrics_and_docs(server):
+    body = {"recipients": [{"customer_id": "x"}]}
+    assert post(server, body, key=None).status_code == 401
+    assert post(server, body, key="wrong").status_code == 401
+    assert post(server, body, key=None, Authorization="Bearer second-key").status_code == 200
+    assert httpx.get(f"{server}/connected/decide", params={"customer_id": "x"}).status_code == 401
+    assert httpx.get(f"{server}/livez").status_code == 200
+    assert httpx.get(f"{server}/readyz").status_code == 200
+    metrics = httpx.get(f"{server}/metrics").text
+    assert "sendwise_decisions_total" in metrics and 'endpoint="/decide"' in metrics
+    spec = httpx.get(f"{server}/docs.json").json()
+    assert "/decide" in spec["paths"]
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        ({"recipients": [{"customer_id": 17}]}, "customer_id"),
+        ({"recipients": [{}]}, "customer_id"),
+        ({}, "recipients"),
+        ({"recipients": []}, "at least 1"),
+        ({"recipients": [{"customer_id": "a"}] * 10_001}, "at most 10000"),
+        ({"recipients": "everyone"}, "recipients"),
+        ({"recipients": [{"customer_id": "a", "timezone": "Mars/Olympus"}]}, "unknown time zone"),
+        ({"recipients": [{"customer_id": "a"}], "context": {"window_start": "2026-06-02", "window_end": "2026-06-01"}}, "window_end must be after"),
+        ({"recipients": [{"customer_id": "a"}], "context": {"quiet_start": 25}}, "quiet_start"),
+        ({"recipients": [{"customer_id": "a"}], "context": {"window_start": "soon"}}, "window_start"),
+        ({"recipients": [{"customer_id": "a", "vip": True}]}, "vip"),
+    ],
+)  # fmt: skip
+def test_malformed_bodies_get_a_clear_4xx(server, body, says):
+    answer = post(server, body)
+    assert 400 <= answer.status_code < 500
+    assert says in answer.text
+
+
+def test_oversized_and_unparsable_bodies(champions):
+    with serving(champions, SENDWISE_MAX_BODY_BYTES="20000") as (url, _):
+        big = {"recipients": [{"customer_id": f"c{i:07d}"} for i in range(2000)]}
+        answer = post(url, big)
+        assert answer.status_code == 413 and "limit of 20,000 bytes" in answer.text
+        raw = httpx.post(f"{url}/decide", content=b"{not json", headers={"X-API-Key": KEY, "Content-Type": "application/json"})  # fmt: skip
+        assert raw.status_code == 400 and "Invalid JSON" in raw.text
+
+
+def test_fuzz_finds_no_server_error(server):
+    """Bounded schemathesis run over /decide: schema-valid and schema-breaking bodies."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis.generation import GenerationMode
+
+    schema = schemathesis.openapi.from_dict(httpx.get(f"{server}/docs.json").json())
+    operation = schema["/decide"]["POST"]
+    statuses: list[int] = []
+    for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+
+        @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(case=operation.as_strategy(mode))
+        def check(case):
+            response = case.call(base_url=server, headers={"X-API-Key": KEY}, timeout=60)
+            statuses.append(response.status_code)
+            assert response.status_code < 500, (case.body, response.text[:300])
+
+        check()
+    assert (
+        len(statuses) >= 40 and any(s == 200 for s in statuses) and any(s >= 400 for s in statuses)
+    )
+
+
+def test_killed_mid_batch_the_log_holds_whole_batches_only(champions, tmp_path):
+    log_url = f"sqlite:///{tmp_path / 'decisions.db'}"
+    answered: list[tuple[str, int]] = []
+    failed: list[str] = []
+    stop = threading.Event()
+    recipients = [{"customer_id": f"c{i:07d}"} for i in range(3000)]
+
+    def client(url):
+        while not stop.is_set():
+            try:
+                answer = post(url, {"recipients": recipients})
+                answer.raise_for_status()
+                answered.append((answer.json()["batch_id"], len(answer.json()["decisions"])))
+            except httpx.HTTPError as error:
+                failed.append(type(error).__name__)
+
+    others = {p.pid for p in server_workers()}
+    with serving(champions, SENDWISE_DECISION_LOG_URL=log_url) as (url, _):
+        threads = [threading.Thread(target=client, args=(url,), daemon=True) for _ in range(3)]
+        for t in threads:
+            t.start()
+        try:
+            deadline = time.monotonic() + 120
+            while len(answered) < 3 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            # SIGKILL this server's workers while batches are in flight: no cleanup code runs
+            workers = [p for p in server_workers() if p.pid not in others]
+            assert workers
+            for worker in workers:
+                worker.kill()
+            time.sleep(0.5)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(timeout=90)
+    assert failed, "the kill should have cut some batch off"
+    assert len(answered) >= 3
+    log = DecisionLog(log_url)
+    sizes = log.batch_sizes()
+    assert all(declared == present for declared, present in sizes.values()), sizes
+    assert log.count() == sum(declared for declared, _ in sizes.values())
+    # every batch a client was told about is there, whole; none it was not told about is half
+    for batch_id, n in answered:
+        assert sizes[batch_id] == (n, n)
+
+
+def test_promotion_is_picked_up_without_a_failed_request(champions, simulated_shop):
+    with serving(champions) as (url, _):
+        versions: list[str] = []
+        errors: list[str] = []
+        stop = threading.Event()
+
+        def client():
+            body = {"recipients": [{"customer_id": f"c{i:07d}"} for i in range(1, 200)]}
+            while not stop.is_set():
+                try:
+                    answer = post(url, body)
+                    if answer.status_code != 200:
+                        errors.append(f"{answer.status_code} {answer.text[:200]}")
+                    else:
+                        versions.append(answer.json()["decisions"][0]["model_versions"])
+                except httpx.HTTPError as error:
+                    errors.append(repr(error))
+
+        threads = [threading.Thread(target=client, daemon=True) for _ in range(2)]
+        for t in threads:
+            t.start()
+        with pytest.MonkeyPatch.context() as patch:
+            for name, value in champions.items():
+                patch.setenv(name, value)
+            try:
+                new = register_champion("sendtime", simulated_shop, prior_strength=5.0)
+                deadline = time.monotonic() + 120
+                while not (versions and f"sendtime:{new}" in versions[-1]):
+                    assert time.monotonic() < deadline, "the promotion was not picked up"
+                    time.sleep(0.2)
+                time.sleep(1)
+            finally:
+                stop.set()
+                for t in threads:
+                    t.join(timeout=90)
+                registry.client().set_registered_model_alias(
+                    registry.model_name("sendtime"), registry.CHAMPION, "1"
+                )
+        assert not errors, errors[:3]
+        assert versions[0] == "crosssell:1,propensity:1,sendtime:1"
+        assert versions[-1] == f"crosssell:1,propensity:1,sendtime:{new}"
+        assert len(versions) > 10
