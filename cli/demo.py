@@ -138,3 +138,7 @@ def run_demo(workdir: Path, customers: int, out: Console) -> None:
     out.print(f"[bold]Uplift report[/bold] {report}")
     out.print(summary.headline())
     out.print(f"Done in {time.perf_counter() - started:.1f}s")
+    out.print(
+        "Next: the decision API on this shop: "
+        "[bold]SENDWISE_API_KEYS=change-me sendwise serve[/bold] (see the README)"
+    )

@@ -9,7 +9,7 @@ Trains champions on a simulated shop (or reuses them from `--work`), then measur
   process: single-recipient latency p50/p99 at concurrency 1 and 8, and decisions per second
   for batches of 100 and 1,000;
 - memory: the resident set of each server worker after the run.
-Writes experiments/results/api.json and api.md.
+Writes experiments/results/api_workers<N>.json and .md.
 """
 
 from __future__ import annotations
@@ -186,6 +186,8 @@ def main() -> None:
             "SENDWISE_ARTIFACTS": str(work / "artifacts"),
         }
         shop = prepare(work, args.customers, env)
+        for old in (work / "home").glob("*.db*"):  # each run starts with an empty decision log
+            old.unlink()
         import polars as pl
 
         ids = pl.read_parquet(shop / "customers.parquet")["customer_id"].to_list()
@@ -193,7 +195,7 @@ def main() -> None:
         http = over_http(shop, ids, args.seconds, args.workers, env)
     result = {"machine": machine(), "customers": args.customers, "workers": args.workers, "in_process": local, "http": http}  # fmt: skip
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "api.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"api_workers{args.workers}.json").write_text(json.dumps(result, indent=2) + "\n")
     rows = []
     for size, key in ((1, "single_c1"), (1, "single_c8"), (100, "batch_100"), (1000, "batch_1000")):
         h, p = http[key], local[size]
@@ -216,10 +218,10 @@ def main() -> None:
         "|---:|---:|---:|---:|---:|---:|---:|---:|",
         *rows,
         "",
-        f"Targets: batches of 1,000 at >= 5,000 decisions/s; HTTP overhead <= 2x; single-recipient p99 < 20 ms at concurrency 1.",
+        "Targets: batches of 1,000 at >= 5,000 decisions/s; HTTP overhead <= 2x; single-recipient p99 < 20 ms at concurrency 1.",
         f"Server ready in {http['ready_s']} s; worker RSS (MiB) after the run: {http['worker_rss_mib']}.",
     ]
-    (RESULTS / "api.md").write_text("\n".join(md) + "\n")
+    (RESULTS / f"api_workers{args.workers}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 
 

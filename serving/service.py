@@ -11,10 +11,11 @@ from __future__ import annotations
 import hmac
 import json
 import os
+from collections import Counter
 from typing import Annotated
 
 import bentoml
-from prometheus_client import Counter
+from prometheus_client import Counter as PrometheusCounter
 from pydantic import BaseModel, Field, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -109,12 +110,12 @@ class DecideResponse(BaseModel):
     decisions: list[Decision]
 
 
-decisions_served = Counter(
+decisions_served = PrometheusCounter(
     name="sendwise_decisions",
     documentation="Decisions served, by whether they send and whether held out",
     labelnames=["send", "holdout"],
 )
-model_reloads = Counter(
+model_reloads = PrometheusCounter(
     name="sendwise_model_reloads", documentation="Champion changes picked up without a restart"
 )
 
@@ -161,8 +162,9 @@ class Sendwise:
     def _serve(self, request: DecideRequest) -> dict:
         answer = self.runtime.serve(request)
         answer["decisions"] = [Decision.model_construct(**d) for d in answer["decisions"]]
-        for decision in answer["decisions"]:
-            decisions_served.labels(send=decision.send, holdout=decision.holdout).inc()
+        tally = Counter((d.send, d.holdout) for d in answer["decisions"])
+        for (send, holdout), n in tally.items():
+            decisions_served.labels(send=send, holdout=holdout).inc(n)
         if self.runtime.reloads > self._reloads_counted:
             model_reloads.inc(self.runtime.reloads - self._reloads_counted)
             self._reloads_counted = self.runtime.reloads

@@ -14,6 +14,7 @@ import json
 import os
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 
 import sqlalchemy as sa
 
@@ -101,6 +102,8 @@ class DecisionLog:
         self.url = url or log_url()
         self.engine = sa.create_engine(self.url, pool_pre_ping=True)
         if self.engine.dialect.name == "sqlite":
+            if self.engine.url.database:
+                Path(self.engine.url.database).parent.mkdir(parents=True, exist_ok=True)
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         metadata.create_all(self.engine, checkfirst=True)
 

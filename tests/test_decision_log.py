@@ -1,0 +1,77 @@
+"""The decision log on SQLite (default) and on the real PostgreSQL server here: batches are
+whole or absent, and the send history frequency caps read comes back right."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from sendwise.store.decisions import DecisionLog, log_url
+
+POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
+T0 = datetime(2026, 6, 1, 9, tzinfo=UTC)
+
+
+def decision(i: int, customer: str, send: bool = True, transactional: bool = False) -> dict:
+    return {
+        "decision_id": f"d{i}",
+        "customer_id": customer,
+        "segment": "active",
+        "send": send,
+        "holdout": not send,
+        "probability": 0.9,
+        "offer": "none",
+        "offer_value": 0.0,
+        "products": ["p1", "p2"],
+        "send_at": T0 + timedelta(hours=3),
+        "reasons": ["segment_active"],
+        "model_versions": "propensity:1",
+        "transactional": transactional,
+    }
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def log(request, tmp_path, monkeypatch):
+    if request.param == "sqlite":
+        yield DecisionLog(f"sqlite:///{tmp_path / 'sub' / 'decisions.db'}")
+        return
+    monkeypatch.setenv("SENDWISE_DECISION_LOG_URL", POSTGRES)
+    url = log_url()
+    assert url.startswith("postgresql+psycopg://")  # psycopg 3, the driver we ship
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(sa.text("DROP TABLE IF EXISTS decisions, batches"))
+    except sa.exc.OperationalError as error:
+        pytest.fail(f"PostgreSQL at {POSTGRES} is not reachable: {error}")
+    engine.dispose()
+    found = DecisionLog()
+    yield found
+    found.close()
+
+
+def test_batches_are_logged_whole_or_not_at_all(log):
+    log.append("b1", T0, "june", [decision(1, "a"), decision(2, "b", send=False)])
+    assert log.ping()
+    # a batch that fails half way (a repeated decision id) leaves nothing behind
+    with pytest.raises(sa.exc.IntegrityError):
+        log.append("b2", T0, "june", [decision(3, "c"), decision(1, "a")])
+    assert log.batch_sizes() == {"b1": (2, 2)}
+    assert log.count() == 2
+    with log.engine.connect() as connection:
+        row = connection.execute(sa.text("SELECT send_at, products FROM decisions WHERE decision_id = 'd1'")).one()  # fmt: skip
+    assert row.products == '["p1", "p2"]'
+
+
+def test_send_history_counts_each_other_campaign_once(log):
+    log.append("b1", T0, "c1", [decision(1, "a"), decision(2, "b", send=False)])
+    log.append("b2", T0 + timedelta(hours=1), "c1", [decision(3, "a")])  # asked again
+    log.append("b3", T0 + timedelta(days=1), "c2", [decision(4, "a")])
+    log.append("b4", T0 + timedelta(days=1), "receipt", [decision(5, "a", transactional=True)])
+    log.append("b5", T0 - timedelta(days=30), "old", [decision(6, "a")])
+    sends = log.sends(["a", "b", "z"], T0 - timedelta(days=7), campaign="c3")
+    assert sorted(sends["a"]) == [T0, T0 + timedelta(days=1)]
+    assert set(sends) == {"a"}  # b was held out, z never sent to
+    assert len(log.sends(["a"], T0 - timedelta(days=7), campaign="c2")["a"]) == 1  # not itself
