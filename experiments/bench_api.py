@@ -29,7 +29,7 @@ from pathlib import Path
 import aiohttp
 import psutil
 from bench_features import machine
-from child import run_cli
+from child import run_cli, work_env
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results"
@@ -178,13 +178,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="sendwise-api-") as tmp:
         work = args.work or Path(tmp)
-        env = {
-            **os.environ,
-            "OPENBLAS_NUM_THREADS": "1",
-            "SENDWISE_HOME": str(work / "home"),
-            "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
-            "SENDWISE_ARTIFACTS": str(work / "artifacts"),
-        }
+        env = work_env(work)
         shop = prepare(work, args.customers, env)
         for old in (work / "home").glob("*.db*"):  # each run starts with an empty decision log
             old.unlink()

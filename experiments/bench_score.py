@@ -16,7 +16,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from child import run_cli
+from child import run_cli, work_env
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results"
@@ -30,12 +30,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="sendwise-score-") as tmp:
         work = args.work or Path(tmp)
-        env = {
-            **os.environ,
-            "SENDWISE_HOME": str(work / "home"),
-            "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
-            "SENDWISE_ARTIFACTS": str(work / "artifacts"),
-        }
+        env = work_env(work)
         small, large = work / "small", work / "large"
         trained = None  # reused from an earlier run in --work
         if not small.is_dir():

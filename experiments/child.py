@@ -7,6 +7,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 
 def run_cli(args: list[str], env: dict | None = None) -> dict:
@@ -31,3 +32,14 @@ def run_cli(args: list[str], env: dict | None = None) -> dict:
             "peak_rss_mib": round(usage.ru_maxrss / 1024),
             "stdout": " ".join(out.read().decode().split()),
         }
+
+
+def work_env(work: Path) -> dict:
+    """The environment of a throw-away sendwise home, MLflow store and artifacts under `work`."""
+    return {
+        **os.environ,
+        "OPENBLAS_NUM_THREADS": "1",
+        "SENDWISE_HOME": str(work / "home"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
+        "SENDWISE_ARTIFACTS": str(work / "artifacts"),
+    }

@@ -315,3 +315,15 @@ def test_promotion_is_picked_up_without_a_failed_request(champions, simulated_sh
         assert versions[0] == "crosssell:1,propensity:1,sendtime:1"
         assert versions[-1] == f"crosssell:1,propensity:1,sendtime:{new}"
         assert len(versions) > 10
+
+
+def test_serve_refuses_to_start_without_keys(champions, monkeypatch, capsys):
+    from sendwise.cli.main import main
+
+    for name, value in champions.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("SENDWISE_API_KEYS")
+    assert main(["serve", "--shop", champions["SENDWISE_SHOP"]]) == 1
+    assert "no API keys: set SENDWISE_API_KEYS" in capsys.readouterr().err
+    assert main(["serve", "--shop", "/nonexistent/shop", "--insecure-dev"]) == 1
+    assert "/nonexistent/shop: no shop directory" in capsys.readouterr().err
