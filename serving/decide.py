@@ -17,10 +17,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cache
+from typing import Annotated
 from zoneinfo import ZoneInfo, available_timezones
 
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 from sendwise.store.sends import SendHistory
 
@@ -31,10 +39,16 @@ ZONES = frozenset(available_timezones())
 MAX_RECIPIENTS = 10_000
 
 
+# ids and names as an ESP sends them: printable, no control characters (PostgreSQL refuses NUL)
+Name = Annotated[
+    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")
+]
+
+
 class Recipient(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    customer_id: str = Field(min_length=1, max_length=128, examples=["c0000042"])
+    customer_id: Name = Field(examples=["c0000042"])
     timezone: str | None = Field(None, description="IANA zone; else the one on file, else UTC")
     opted_out: bool = Field(False, description="unsubscribed or suppressed by the ESP")
 
@@ -49,14 +63,14 @@ class Recipient(BaseModel):
 class Context(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    campaign: str = Field("default", min_length=1, max_length=128, examples=["june-sale"])
-    trigger: str | None = Field(
-        None, max_length=64, description="what prompted the send", examples=["cart_abandoned"]
+    campaign: Name = Field("default", examples=["june-sale"])
+    trigger: Name | None = Field(
+        None, description="what prompted the send", examples=["cart_abandoned"]
     )
     transactional: bool = Field(
         False, description="receipts and the like: exempt from caps, holdouts, unsubscribes"
     )
-    offers: list[str] | None = Field(
+    offers: list[Name] | None = Field(
         None,
         max_length=64,
         description="candidate offers; any other offer becomes `none`",
@@ -72,7 +86,11 @@ class Context(BaseModel):
     def window_in_order(self) -> Context:
         for name in ("window_start", "window_end", "now"):
             value = getattr(self, name)
-            if value is not None and value.tzinfo is None:
+            if value is None:
+                continue
+            if not 1970 <= value.year <= 2200:  # also keeps week-long searches off datetime.max
+                raise ValueError(f"{name} must fall between 1970 and 2200")
+            if value.tzinfo is None:
                 setattr(self, name, value.replace(tzinfo=UTC))
         if self.window_start and self.window_end and self.window_end <= self.window_start:
             raise ValueError("window_end must be after window_start")

@@ -175,6 +175,11 @@ def test_frequency_caps_count_other_campaigns_over_rolling_windows(kind, tmp_pat
             "window_end",
         ),  # fmt: skip
         ({"recipients": [{"customer_id": "a"}] * 10_001}, "recipients"),
+        ({"recipients": [{"customer_id": "a\x00b"}]}, "customer_id"),
+        (
+            {"recipients": [{"customer_id": "a"}], "context": {"now": "9999-12-31T23:00:00Z"}},
+            "between 1970 and 2200",
+        ),
     ],
 )
 def test_malformed_requests_name_the_field(body, field):
