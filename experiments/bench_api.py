@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import aiohttp
@@ -134,8 +135,6 @@ def over_http(shop: Path, ids: list[str], seconds: float, workers: int, env: dic
             started = time.perf_counter()
             while True:
                 try:
-                    import urllib.request
-
                     if urllib.request.urlopen(f"{url}/readyz", timeout=2).status == 200:
                         break
                 except OSError:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from functools import cache
 from typing import Annotated
 from zoneinfo import ZoneInfo, available_timezones
 
@@ -158,7 +157,8 @@ class FrequencyCaps:
         return max(windows, default=0)
 
 
-def _quiet(hour: int, start: int, end: int) -> bool:
+def quiet_hour(hour: int, start: int, end: int) -> bool:
+    """Whether a local hour falls in quiet hours [start, end), which may wrap midnight."""
     return (hour >= start or hour < end) if start > end else start <= hour < end
 
 
@@ -184,7 +184,7 @@ class SendClock:
         for h in range(max(hours, 0)):
             t = first + timedelta(hours=h)
             local = t.astimezone(tz).hour
-            if t > self.end or _quiet(local, self.context.quiet_start, self.context.quiet_end):
+            if t > self.end or quiet_hour(local, self.context.quiet_start, self.context.quiet_end):
                 continue
             earliest = earliest or t
             by_hour.setdefault(local, t)
@@ -210,7 +210,6 @@ def send_time(
     return SendClock(context, now, fallback_hour).at(best_hours, zone)
 
 
-@cache
 def _assignment(p: float, held: bool) -> float:
     return p if held else 1 - p
 

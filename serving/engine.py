@@ -21,6 +21,7 @@ from sendwise.models.sendtime import SendTimeModel
 from sendwise.models.uplift import OfferModel
 from sendwise.store import registry
 
+from .decide import quiet_hour
 from .offers import OfferPolicy
 from .segments import SegmentOffers, SegmentRules
 
@@ -34,6 +35,11 @@ class Champions:
     sendtime: SendTimeModel
     versions: dict[str, str]
     offer: OfferModel | None = None  # until one is champion, offers follow segment rules
+
+    @property
+    def version_label(self) -> str:
+        """`task:version` of every champion, as decisions carry it (`model_versions`)."""
+        return ",".join(f"{k}:{v}" for k, v in sorted(self.versions.items()))
 
     @classmethod
     def load(cls) -> Champions:
@@ -70,16 +76,13 @@ class Policy:
     offers: OfferPolicy = field(default_factory=OfferPolicy)  # with a champion offer model
 
 
-def _quiet(hour: int, policy: Policy) -> bool:
-    if policy.quiet_start > policy.quiet_end:
-        return hour >= policy.quiet_start or hour < policy.quiet_end
-    return policy.quiet_start <= hour < policy.quiet_end
-
-
 def send_hours(best_hours: list[list[int]], policy: Policy) -> list[int]:
     """The first best hour outside quiet hours, else the fallback hour."""
     return [
-        next((h for h in hours if not _quiet(h, policy)), policy.fallback_hour)
+        next(
+            (h for h in hours if not quiet_hour(h, policy.quiet_start, policy.quiet_end)),
+            policy.fallback_hour,
+        )
         for hours in best_hours
     ]
 
@@ -239,7 +242,7 @@ def decision_frame(
     send_at = next_local_time(decisions, as_of, zones)
     cold = decisions["products"].is_null()
     driver = pl.Series([f"propensity_{r[0]}" if r else "propensity_base" for r in reasons_top])
-    versions = ",".join(f"{k}:{v}" for k, v in sorted(champions.versions.items()))
+    versions = champions.version_label
     reasons = pl.concat_list(
         pl.concat_str(pl.lit("segment_"), pl.col("segment")),
         pl.when(cold).then(pl.lit("cold_start_popular")).otherwise(pl.lit("personal_products")),

@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,7 +23,7 @@ from sendwise.features.contract import SendwiseError
 from sendwise.features.shop import read_shop
 from sendwise.store import registry
 from sendwise.store.decisions import DecisionLog
-from sendwise.store.sends import RedisSends, SendHistory, send_history
+from sendwise.store.sends import SendHistory, send_history
 
 from .decide import Decider, DecideRequest
 from .engine import Champions, decision_frame
@@ -64,8 +65,7 @@ def build_decider(settings: ServeSettings) -> Decider:
     as_of = settings.as_of or shop.latest() or datetime.now(UTC)
     champions = Champions.load()
     frame, popular = decision_frame(champions, shop, as_of)
-    versions = ",".join(f"{k}:{v}" for k, v in sorted(champions.versions.items()))
-    return Decider(frame, popular, versions)
+    return Decider(frame, popular, champions.version_label)
 
 
 class Runtime:
@@ -74,15 +74,15 @@ class Runtime:
         settings: ServeSettings,
         decision_log: DecisionLog | None = None,
         history: SendHistory | None = None,
+        on_reload: Callable[[], None] = lambda: None,
     ):
         self.settings = settings
         self.versions = champion_versions()
         self.decider = build_decider(settings)
         self.log = decision_log or DecisionLog()
         self.history = history or send_history(self.log)
-        self.reloads = 0
+        self.on_reload = on_reload
         self._stop = threading.Event()
-        self._watcher: threading.Thread | None = None
 
     def serve(self, request: DecideRequest) -> dict:
         """Decide a batch, log it whole, and record its sends; raises with nothing logged."""
@@ -91,7 +91,7 @@ class Runtime:
         now = request.context.now or datetime.now(UTC)
         decisions = decider.decide(request, batch_id, self.history, now)
         self.log.append(batch_id, now, request.context.campaign, decisions)
-        if isinstance(self.history, RedisSends) and not request.context.transactional:
+        if not request.context.transactional:  # a no-op where the log is the history
             sent = [d["customer_id"] for d in decisions if d["send"]]
             self.history.record_sends(sent, now, request.context.campaign)
         return {"batch_id": batch_id, "logged": True, "decisions": decisions}
@@ -104,7 +104,7 @@ class Runtime:
         log.info("champions moved %s -> %s; rebuilding the decider", self.versions, versions)
         self.decider = build_decider(self.settings)
         self.versions = versions
-        self.reloads += 1
+        self.on_reload()
         return True
 
     def watch(self) -> None:
@@ -117,8 +117,7 @@ class Runtime:
                 except Exception:  # keep serving the old models; say why in the log
                     log.exception("reload failed; still serving %s", self.versions)
 
-        self._watcher = threading.Thread(target=loop, name="champion-watcher", daemon=True)
-        self._watcher.start()
+        threading.Thread(target=loop, name="champion-watcher", daemon=True).start()
 
     def close(self) -> None:
         self._stop.set()

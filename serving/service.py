@@ -151,9 +151,8 @@ class Sendwise:
     """Decisions for an ESP: which offer, which products, when to send, and who is held out."""
 
     def __init__(self) -> None:
-        self.runtime = Runtime(ServeSettings.from_env())
+        self.runtime = Runtime(ServeSettings.from_env(), on_reload=model_reloads.inc)
         self.runtime.watch()
-        self._reloads_counted = 0
 
     def __is_ready__(self) -> bool:
         """Models loaded (they are, once constructed) and the decision log reachable."""
@@ -165,9 +164,6 @@ class Sendwise:
         tally = Counter((d.send, d.holdout) for d in answer["decisions"])
         for (send, holdout), n in tally.items():
             decisions_served.labels(send=send, holdout=holdout).inc(n)
-        if self.runtime.reloads > self._reloads_counted:
-            model_reloads.inc(self.runtime.reloads - self._reloads_counted)
-            self._reloads_counted = self.runtime.reloads
         return answer
 
     @bentoml.api(route="/decide")
