@@ -89,12 +89,14 @@ def local_activity(shop: Shop, as_of: datetime) -> pl.LazyFrame:
 
 
 def activity_hours(shop: Shop, as_of: datetime) -> pl.LazyFrame:
-    """`local_activity` reduced to what send-time models read: local hour, source and age."""
+    """`local_activity` reduced to what send-time models and the hour profile read: local
+    hour and weekday (Monday = 0), source and age."""
     return local_activity(shop, as_of).select(
         "customer_id",
         "source",
         "timezone",
         local_hour=pl.col("local_at").dt.hour(),
+        local_weekday=pl.col("local_at").dt.weekday() - 1,
         age_days=(pl.lit(as_of) - pl.col("occurred_at")).dt.total_hours() / 24,
     )
 
@@ -140,8 +142,14 @@ def abandoned_carts(shop: Shop) -> pl.LazyFrame:
     )
 
 
-def customer_features(shop: Shop, as_of: datetime) -> pl.LazyFrame:
-    """One row per customer known at `as_of`; nothing after `as_of` is read."""
+def customer_features(
+    shop: Shop, as_of: datetime, hours: pl.LazyFrame | None = None
+) -> pl.LazyFrame:
+    """One row per customer known at `as_of`; nothing after `as_of` is read.
+
+    `hours` is `activity_hours(shop, as_of)` where the caller has it already (scoring reads
+    it for send times too), so that every event is put in local time once.
+    """
     past = shop.until(as_of)
     for table in past.missing:
         log.info("no %s table: its features are zero or missing", table)
@@ -164,13 +172,9 @@ def customer_features(shop: Shop, as_of: datetime) -> pl.LazyFrame:
     )
     web = abandoned_carts(past).group_by("customer_id").agg(fx.web_behaviour(as_of))
     email = past.email_events.group_by("customer_id").agg(fx.email_engagement(as_of))
+    hours = activity_hours(shop, as_of) if hours is None else hours
     profile = (
-        local_activity(shop, as_of)
-        .group_by(
-            "customer_id",
-            local_hour=pl.col("local_at").dt.hour(),
-            local_weekday=pl.col("local_at").dt.weekday() - 1,  # Monday = 0
-        )
+        hours.group_by("customer_id", "local_hour", "local_weekday")
         .agg(n=pl.len())
         .group_by("customer_id")
         .agg(fx.hour_profile())

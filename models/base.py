@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import json
+import tempfile
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
+from weakref import WeakKeyDictionary
 
+import lightgbm as lgb
+import lleaves
 import numpy as np
 import polars as pl
 
@@ -18,6 +26,9 @@ class NotFittedError(SendwiseError):
 
 class ModelFitError(SendwiseError):
     """Fitting produced something unusable (no rows, one class, NaNs)."""
+
+
+THREADS = 2  # this machine kind's cores: training and batch prediction use them all
 
 
 class Settings:
@@ -33,10 +44,50 @@ def lightgbm_params(objective: str, seed: int, **settings: float) -> dict:
         "objective": objective,
         "bagging_freq": 1,
         "seed": seed,
-        "num_threads": 2,
+        "num_threads": THREADS,
         "verbose": -1,
         **settings,
     }
+
+
+COMPILE_ROWS = 500_000  # from about this many rows a booster's compiled form pays for itself
+_COMPILER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sendwise-trees")
+_COMPILED: WeakKeyDictionary[lgb.Booster, dict[bool, Future]] = WeakKeyDictionary()
+_COMPILED_LOCK = threading.Lock()
+
+
+def compile_trees(booster: lgb.Booster, raw_score: bool = False) -> Future:
+    """Compile `booster`'s trees to machine code (lleaves), once per booster, in a background
+    thread: the future's result predicts as `booster.predict` does, about ten times faster.
+    Started early, the compiling overlaps other work."""
+    with _COMPILED_LOCK:
+        forms = _COMPILED.setdefault(booster, {})
+        if raw_score not in forms:
+            forms[raw_score] = _COMPILER.submit(_compile, booster.model_to_string(), raw_score)
+        return forms[raw_score]
+
+
+def _compile(model: str, raw_score: bool) -> Callable[[np.ndarray], np.ndarray]:
+    with tempfile.TemporaryDirectory(prefix="sendwise-trees-") as tmp:
+        path = Path(tmp, "booster.txt")
+        path.write_text(model)
+        compiled = lleaves.Model(model_file=str(path))
+        compiled.compile(raw_score=raw_score)
+    return partial(compiled.predict, n_jobs=THREADS)
+
+
+def tree_predictor(
+    booster: lgb.Booster, compiled: bool, raw_score: bool = False
+) -> Callable[[np.ndarray], np.ndarray]:
+    """How to predict with `booster`: LightGBM itself, or (`compiled`) its compiled trees."""
+    if not compiled:
+        return partial(booster.predict, raw_score=raw_score)
+    return compile_trees(booster, raw_score).result()
+
+
+def predict_trees(booster: lgb.Booster, rows: np.ndarray, raw_score: bool = False) -> np.ndarray:
+    """`booster.predict(rows)`, through the compiled trees when the batch pays for them."""
+    return tree_predictor(booster, len(rows) >= COMPILE_ROWS, raw_score)(rows)
 
 
 def check_is_fitted(model: Any, attribute: str) -> None:

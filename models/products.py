@@ -12,10 +12,12 @@ last_ordered_at` (see `features.builders.interactions`); the model reads nothing
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TypeVar
 
 import lightgbm as lgb
 import numpy as np
@@ -25,14 +27,20 @@ from implicit.als import AlternatingLeastSquares
 from implicit.nearest_neighbours import bm25_weight
 
 from .base import (
+    THREADS,
     ModelFitError,
     Settings,
     check_is_fitted,
+    compile_trees,
     lightgbm_params,
     load_arrays,
     matrix,
     save_arrays,
+    tree_predictor,
 )
+
+T = TypeVar("T")
+COMPILE_CUSTOMERS = 50_000  # from about this many customers (5M pairs) compiled trees pay off
 
 ITEM_FEATURES = [
     "pop_orders",
@@ -73,6 +81,23 @@ class _Index:
     def product_codes(self, values: pl.Series) -> np.ndarray:
         return _codes(self.products, values)
 
+    def pair_matrix(self, pairs: pl.DataFrame) -> sp.csr_matrix:
+        """Customers x products, True at each known (customer_id, product_id) of `pairs`."""
+        u = self.customer_codes(pairs["customer_id"])
+        i = self.product_codes(pairs["product_id"])
+        known = (u >= 0) & (i >= 0)
+        shape = (len(self.customers), len(self.products))
+        return sp.csr_matrix((np.ones(known.sum(), dtype=bool), (u[known], i[known])), shape)
+
+    def frame(self, customers: np.ndarray, products: np.ndarray) -> pl.DataFrame:
+        """`customer_id` and `product_id` of pairs given by their codes."""
+        return pl.DataFrame(
+            {
+                "customer_id": pl.Series(self.customers).gather(customers),
+                "product_id": pl.Series(self.products).gather(products),
+            }
+        )
+
 
 def _codes(sorted_values: np.ndarray, values: pl.Series) -> np.ndarray:
     """Position of each value in a sorted array, -1 where absent."""
@@ -93,15 +118,90 @@ def _top_k(scores: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray, np.nd
     return rows[keep], scores.indices[keep], scores.data[keep]
 
 
+def _top_mask(scores: np.ndarray, k: int) -> np.ndarray:
+    """Where each row of `scores` holds one of its `k` largest values (ties included).
+
+    A partition of the values alone finds each row's k-th largest; it is many times faster
+    than `argpartition` on wide rows.
+    """
+    width = scores.shape[1]
+    if width <= k:
+        return np.ones(scores.shape, dtype=bool)
+    kth = np.partition(scores, width - k, axis=1)[:, width - k]
+    return scores >= kth[:, None]
+
+
+def _sparse_top(
+    indptr: np.ndarray, indices: np.ndarray, values: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's `k` largest positive entries of a CSR matrix (sorted indices): (row, column)
+    pairs.
+
+    Rows longer than k are partitioned as padded blocks, rows of about the same length
+    together, so that no block is much wider than its rows.
+    """
+    counts = np.diff(indptr)
+    rows = np.repeat(np.arange(len(counts)), counts)
+    kth = np.full(len(counts), -np.inf)
+    width = 2 ** np.ceil(np.log2(np.maximum(counts, 1))).astype(np.int64)
+    width[counts <= k] = 0  # short rows keep every entry
+    entry_width = width[rows]
+    for w in np.unique(width[width > 0]):
+        block = np.flatnonzero(width == w)
+        entries = np.flatnonzero(entry_width == w)
+        padded = np.full((len(block), w), -np.inf)
+        padded[np.searchsorted(block, rows[entries]), entries - indptr[rows[entries]]] = values[
+            entries
+        ]
+        kth[block] = np.partition(padded, w - k, axis=1)[:, w - k]
+    top = (values > kth[rows]) & (values > 0)
+    # ties at a row's k-th value: the first products fill the places left, exactly k in all
+    tied = np.flatnonzero((values == kth[rows]) & (values > 0))
+    room = k - np.bincount(rows[top], minlength=len(counts))
+    tied_rows = rows[tied]
+    first = np.r_[True, tied_rows[1:] != tied_rows[:-1]] if len(tied) else np.zeros(0, bool)
+    position = np.arange(len(tied)) - np.maximum.accumulate(
+        np.where(first, np.arange(len(tied)), 0)
+    )
+    top[tied[position < room[tied_rows]]] = True
+    return rows[top], indices[top]
+
+
+def _lookup(keys: np.ndarray, values: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """The value stored under each query in sorted `keys`, 0 where there is none."""
+    if not len(keys):
+        return np.zeros(len(queries))
+    at = np.minimum(np.searchsorted(keys, queries), len(keys) - 1)
+    return np.where(keys[at] == queries, values[at], 0.0)
+
+
+@dataclass
+class _Pairs:
+    """Candidate (customer, product) pairs by code, with features in PAIR_FEATURES order."""
+
+    customers: np.ndarray
+    products: np.ndarray
+    features: np.ndarray  # float32, one row per pair
+
+    def __getitem__(self, rows: np.ndarray) -> _Pairs:
+        return _Pairs(self.customers[rows], self.products[rows], self.features[rows])
+
+    @staticmethod
+    def concat(parts: list[_Pairs]) -> _Pairs:
+        return _Pairs(
+            np.concatenate([p.customers for p in parts]),
+            np.concatenate([p.products for p in parts]),
+            np.concatenate([p.features for p in parts]),
+        )
+
+
 @dataclass
 class _Context:
     """Everything shop-wide about one cut-off; candidate pairs are then built per customer chunk."""
 
     index: _Index
-    orders: sp.csr_matrix  # customers x products: orders of each product
-    quantity: sp.csr_matrix
-    days_since: sp.csr_matrix  # days since the last order of the product (+ epsilon)
-    days_since_first: sp.csr_matrix
+    orders: sp.csr_matrix  # customers x products: orders of each product, indices sorted
+    own: dict[str, np.ndarray]  # per bought pair, aligned with `orders.data`: its OWN_COLUMNS
     decayed: sp.csr_matrix  # log orders, decayed by age: the co-purchase query
     similar: sp.csr_matrix  # products x products, top neighbours by cosine over buyers
     items: dict[str, np.ndarray]
@@ -112,6 +212,10 @@ class _Context:
     @property
     def n_users(self) -> int:
         return len(self.index.customers)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.index.products)
 
 
 class ProductRanker(Settings):
@@ -155,9 +259,14 @@ class ProductRanker(Settings):
         shape = (len(index.customers), len(index.products))
         u = index.customer_codes(history["customer_id"])
         i = index.product_codes(history["product_id"])
+        # rows in CSR order (customer, then product): every pair matrix shares one layout, so
+        # a chunk of customers' bought pairs is a slice of the per-pair arrays
+        order = np.lexsort((i, u))
+        history, u, i = history[order], u[order], i[order]
+        indptr = np.r_[0, np.cumsum(np.bincount(u, minlength=shape[0]))]
 
         def by_pair(values: np.ndarray) -> sp.csr_matrix:
-            return sp.csr_matrix((values, (u, i)), shape=shape)
+            return sp.csr_matrix((values, i, indptr), shape=shape)
 
         def days_before(column: str) -> np.ndarray:
             age = (pl.lit(as_of) - pl.col(column)).dt.total_hours() / 24
@@ -179,9 +288,12 @@ class ProductRanker(Settings):
         return _Context(
             index=index,
             orders=counts,
-            quantity=by_pair(history["quantity"].to_numpy().astype(np.float32)),
-            days_since=by_pair(days_since + 1e-3),
-            days_since_first=by_pair(days_before("first_ordered_at") + 1e-3),
+            own={
+                "own_orders": orders,
+                "own_quantity": history["quantity"].to_numpy().astype(np.float32),
+                "own_days_since": days_since + 1e-3,
+                "own_days_since_first": days_before("first_ordered_at") + 1e-3,
+            },
             decayed=by_pair(np.log1p(orders) * np.exp(-days_since / 180)),
             similar=sp.csr_matrix((v, (r, c)), shape=(shape[1], shape[1])),
             items=items,
@@ -198,7 +310,7 @@ class ProductRanker(Settings):
             iterations=15,
             regularization=0.01,
             random_state=self.random_state,
-            num_threads=2,
+            num_threads=THREADS,
         )
         weighted = bm25_weight(counts, K1=100, B=0.8).tocsr().astype(np.float32)
         n_users = weighted.shape[0]
@@ -214,91 +326,90 @@ class ProductRanker(Settings):
             users[rows] = als.recalculate_user(rows, weighted[rows])
         return users, als.item_factors
 
-    def _pairs(self, context: _Context, users: np.ndarray) -> pl.DataFrame:
-        """Candidate pairs, with their features, for the customers at codes `users`."""
-        orders = context.orders[users]
-        bought = orders.copy()
-        bought.data[:] = 1
-        cf = (context.decayed[users] @ context.similar).tocsr()
-        cf_rows, cf_cols, _ = _top_k(cf - cf.multiply(bought), self.cf_candidates)
-        user_factors = context.user_factors[users]
-        als_scores = user_factors @ context.item_factors.T
-        als_scores[bought.nonzero()] = -np.inf
-        k = min(self.als_candidates, als_scores.shape[1])
-        als_cols = np.argpartition(-als_scores, k - 1, axis=1)[:, :k].ravel()
-        als_rows = np.repeat(np.arange(len(users)), k)
-        keep = np.isfinite(als_scores[als_rows, als_cols])
-        own_rows, own_cols = bought.nonzero()
-        popular = context.popular
-        pairs = np.unique(
-            np.concatenate(
-                [
-                    np.stack([own_rows, own_cols], 1),
-                    np.stack([cf_rows, cf_cols], 1),
-                    np.stack([als_rows[keep], als_cols[keep]], 1),
-                    np.stack(
-                        [
-                            np.repeat(np.arange(len(users)), popular.size),
-                            np.tile(popular, len(users)),
-                        ],
-                        1,
-                    ),
-                ]
-            ),
-            axis=0,
-        )
-        pu, pi = pairs[:, 0], pairs[:, 1]
+    def _pairs(self, context: _Context, start: int, stop: int) -> _Pairs:
+        """Candidate pairs, with their features, for the customers at codes [start, stop).
 
-        def at(m: sp.csr_matrix) -> np.ndarray:
-            return np.asarray(m[pu, pi]).ravel()
+        Candidates are marked in a dense chunk of customers x products, so the union of the
+        sources comes out unique and sorted by customer, then product, with no sort; features
+        of sparse sources are then found by key (customer row x products + product).
+        """
+        n, n_items = stop - start, context.n_items
+        lo, hi = context.orders.indptr[start], context.orders.indptr[stop]
+        bought_per_user = np.diff(context.orders.indptr[start : stop + 1])
+        own_rows = np.repeat(np.arange(n), bought_per_user)
+        own_cols = context.orders.indices[lo:hi]
+        own_keys = own_rows * n_items + own_cols  # sorted: CSR order
+        own = {name: values[lo:hi] for name, values in context.own.items()}
 
-        user_orders = np.asarray(orders.sum(axis=1)).ravel()
-        user_since = np.full(len(users), np.inf)
-        since = context.days_since[users]
-        np.minimum.at(user_since, since.nonzero()[0], since.data)
-        own_orders = at(orders)
-        own_days = at(since)
-        own_days = np.where(own_days > 0, own_days, np.nan)
-        cf_pair = at(cf)
-        als_pair = np.einsum("ij,ij->i", user_factors[pu], context.item_factors[pi])
-        features = {
-            "own_orders": own_orders,
-            "own_quantity": at(context.quantity[users]),
-            "own_days_since": own_days,
-            "own_days_since_first": np.where(
-                np.isnan(own_days), np.nan, at(context.days_since_first[users])
-            ),
-            "own_share": own_orders / np.maximum(user_orders[pu], 1),
+        als = context.user_factors[start:stop] @ context.item_factors.T
+        als_own = als[own_rows, own_cols]
+        als[own_rows, own_cols] = -np.inf  # ALS proposes only products new to the customer
+        candidate = _top_mask(als, self.als_candidates)
+        als[own_rows, own_cols] = als_own
+        cf = (context.decayed[start:stop] @ context.similar).tocsr()
+        cf.sort_indices()
+        cf_rows = np.repeat(np.arange(n), np.diff(cf.indptr))
+        cf_keys = cf_rows * n_items + cf.indices  # sorted
+        cf_new = np.where(np.isin(cf_keys, own_keys, assume_unique=True), 0.0, cf.data)
+        candidate[_sparse_top(cf.indptr, cf.indices, cf_new, self.cf_candidates)] = True
+        candidate[own_rows, own_cols] = True
+        candidate[:, context.popular] = True
+        keys = np.flatnonzero(candidate)  # customer row x products + product, sorted
+        pu, pi = np.divmod(keys, n_items)
+
+        bought_at = np.searchsorted(keys, own_keys)  # every bought product is a candidate
+        features: dict[str, np.ndarray] = {}
+        for name, values in own.items():
+            features[name] = np.full(len(keys), np.nan if "days" in name else 0.0)
+            features[name][bought_at] = values
+        user_orders = np.add.reduceat(own["own_orders"], bought_per_user.cumsum() - bought_per_user)
+        user_since = np.minimum.reduceat(
+            own["own_days_since"], bought_per_user.cumsum() - bought_per_user
+        )  # every customer in the context has bought something
+        own_days = features["own_days_since"]
+        cf_pair = _lookup(cf_keys, cf.data, keys)
+        als_pair = als[pu, pi]
+        features |= {
+            "own_share": features["own_orders"] / np.maximum(user_orders[pu], 1),
             "due_ratio": own_days / np.maximum(context.items["repeat_interval_days"][pi], 1.0),
             "cf_score": cf_pair,
-            "cf_rank": _rank_within(pu, -cf_pair).astype(float),
+            "cf_rank": _rank_within(pu, -cf_pair),
             "als_score": als_pair,
-            "als_rank": _rank_within(pu, -als_pair).astype(float),
+            "als_rank": _rank_within(pu, -als_pair),
             "user_orders": user_orders[pu],
-            "user_products": np.diff(orders.indptr)[pu].astype(float),
+            "user_products": bought_per_user[pu],
             "user_days_since": user_since[pu],
         }
         for name in ITEM_FEATURES:
             features[name] = context.items[name][pi]
-        return pl.DataFrame(
-            {
-                "customer_id": context.index.customers[users[pu]],
-                "product_id": context.index.products[pi],
-                **{name: features[name].astype(np.float32) for name in PAIR_FEATURES},
-            }
-        )
+        table = np.empty((len(pu), len(PAIR_FEATURES)), dtype=np.float32)
+        for column, name in enumerate(PAIR_FEATURES):
+            table[:, column] = features[name]
+        return _Pairs(pu + start, pi, table)
 
-    def _chunks(self, history: pl.DataFrame, as_of: datetime) -> Iterator[pl.DataFrame]:
-        """Candidate pairs for every customer in `history`, a chunk of customers at a time."""
-        context = self._context(history, as_of)
-        # a chunk's dense ALS scores (customers x products) stay near 200 MB
-        step = max(1, min(self.chunk_size, 50_000_000 // max(len(context.index.products), 1)))
-        for start in range(0, context.n_users, step):
-            yield self._pairs(context, np.arange(start, min(start + step, context.n_users)))
+    def _chunks(self, context: _Context, then: Callable[[_Pairs], T]) -> list[T]:
+        """`then` applied to the candidate pairs of each chunk of the customers of `context`,
+        chunks side by side on every core (numpy, scipy and the trees let go of the GIL)."""
+        # a chunk's dense scores (customers x products, float32) stay near 100 MB
+        step = max(1, min(self.chunk_size, 25_000_000 // max(context.n_items, 1)))
+
+        def chunk(start: int) -> T:
+            return then(self._pairs(context, start, min(start + step, context.n_users)))
+
+        with ThreadPoolExecutor(THREADS) as pool:
+            return list(pool.map(chunk, range(0, context.n_users, step)))
 
     def candidates(self, history: pl.DataFrame, as_of: datetime) -> pl.DataFrame:
         """Every candidate (customer, product) pair with its features, for one cut-off."""
-        return pl.concat(self._chunks(history, as_of))
+        context = self._context(history, as_of)
+        pairs = _Pairs.concat(self._chunks(context, lambda pairs: pairs))
+        return pl.concat(
+            [
+                context.index.frame(pairs.customers, pairs.products),
+                pl.from_numpy(pairs.features, schema=PAIR_FEATURES, orient="row"),
+            ],
+            how="horizontal",
+        )
 
     @staticmethod
     def _item_stats(history: pl.DataFrame, i: np.ndarray, n_items: int, as_of: datetime) -> dict:
@@ -372,6 +483,11 @@ class ProductRanker(Settings):
         )
         return lgb.train(params, data, self.n_estimators)
 
+    def precompile(self) -> None:
+        """Start compiling the trees that ranking many customers runs (see compile_trees)."""
+        check_is_fitted(self, "booster_")
+        compile_trees(self.booster_)
+
     def rank(
         self,
         history: pl.DataFrame,
@@ -389,24 +505,30 @@ class ProductRanker(Settings):
         """
         check_is_fitted(self, "booster_")
         booster = self.booster_new_ if new_only else self.booster_
-        ranked = []
-        for pairs in self._chunks(history, as_of):
+        context = self._context(history, as_of)
+        predict = tree_predictor(booster, compiled=context.n_users >= COMPILE_CUSTOMERS)
+        blocked = context.index.pair_matrix(exclude) if exclude is not None else None
+        offered = ~np.isin(context.index.products, list(unavailable))
+
+        def best(pairs: _Pairs) -> tuple[_Pairs, np.ndarray]:
+            keep = offered[pairs.products]
             if new_only:
-                pairs = pairs.filter(pl.col("own_orders") == 0)
-            if exclude is not None:
-                pairs = pairs.join(exclude, on=["customer_id", "product_id"], how="anti")
-            pairs = pairs.filter(~pl.col("product_id").is_in(list(unavailable)))
-            ranked.append(
-                pairs.select("customer_id", "product_id")
-                .with_columns(score=booster.predict(matrix(pairs, PAIR_FEATURES)))
-                .sort(["customer_id", "score"], descending=[False, True])
-                .group_by("customer_id", maintain_order=True)
-                .agg(
-                    pl.col("product_id").head(n).alias("products"),
-                    pl.col("score").head(n).alias("scores"),
-                )
-            )
-        return pl.concat(ranked)
+                keep &= pairs.features[:, PAIR_FEATURES.index("own_orders")] == 0
+            if blocked is not None:
+                keep &= ~np.asarray(blocked[pairs.customers, pairs.products]).ravel()
+            pairs = pairs[keep]
+            score = predict(pairs.features)
+            top = _top_within(pairs.customers, score, n)
+            return pairs[top], score[top]
+
+        picked, scores = zip(*self._chunks(context, best), strict=True)
+        chosen = _Pairs.concat(list(picked))
+        return (
+            context.index.frame(chosen.customers, chosen.products)
+            .with_columns(score=np.concatenate(scores))
+            .group_by("customer_id", maintain_order=True)
+            .agg(products=pl.col("product_id"), scores=pl.col("score"))
+        )
 
     @property
     def feature_importances_(self) -> dict[str, float]:
@@ -429,12 +551,41 @@ class ProductRanker(Settings):
         return model
 
 
+def _position_within(groups: np.ndarray) -> np.ndarray:
+    """0-based position of each entry within its run of equal, consecutive groups."""
+    first = np.r_[True, groups[1:] != groups[:-1]] if len(groups) else np.zeros(0, dtype=bool)
+    index = np.arange(len(groups))
+    return index - np.maximum.accumulate(np.where(first, index, 0))
+
+
+def _sort_within(groups: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For entries sorted by group: a (groups x largest group) matrix whose row g lists the
+    indices of group g's entries by ascending key (stable), and whether each cell is one.
+
+    Groups are a few hundred entries at most, so sorting them as padded rows beats a lexsort
+    over all entries.
+    """
+    position = _position_within(groups)
+    row = np.cumsum(position == 0) - 1
+    width = position.max(initial=-1) + 1
+    padded = np.full((row[-1] + 1 if len(row) else 0, width), np.inf)
+    padded[row, position] = keys
+    starts = np.flatnonzero(position == 0)
+    index = starts[:, None] + np.argsort(padded, axis=1, kind="stable")
+    sizes = np.diff(np.r_[starts, len(groups)])
+    return index, np.arange(width) < sizes[:, None]
+
+
 def _rank_within(groups: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """1-based rank of each key within its group (groups need not be sorted)."""
-    order = np.lexsort((keys, groups))
-    ranks = np.empty(len(keys), dtype=np.int64)
-    sorted_groups = groups[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(sorted_groups)) + 1]
-    position = np.arange(len(keys)) - np.repeat(starts, np.diff(np.r_[starts, len(keys)]))
-    ranks[order] = position + 1
+    """1-based rank of each key (ascending) within its group; groups must be sorted."""
+    index, real = _sort_within(groups, keys)
+    ranks = np.empty(len(keys), dtype=np.float32)
+    ranks[index[real]] = np.broadcast_to(np.arange(1, index.shape[1] + 1), index.shape)[real]
     return ranks
+
+
+def _top_within(groups: np.ndarray, scores: np.ndarray, n: int) -> np.ndarray:
+    """Indices of each group's `n` highest scores, group by group, best first; groups must
+    be sorted."""
+    index, real = _sort_within(groups, -scores)
+    return index[:, :n][real[:, :n]]

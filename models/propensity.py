@@ -18,9 +18,11 @@ from .base import (
     ModelFitError,
     Settings,
     check_is_fitted,
+    compile_trees,
     lightgbm_params,
     load_arrays,
     matrix,
+    predict_trees,
     save_arrays,
 )
 
@@ -106,7 +108,12 @@ class PurchasePropensity(Settings):
     def score(self, X: pl.DataFrame) -> np.ndarray:
         """Uncalibrated raw scores (log-odds), the order the booster ranks by."""
         check_is_fitted(self, "booster_")
-        return self.booster_.predict(matrix(X, self.feature_names_), raw_score=True)
+        return predict_trees(self.booster_, matrix(X, self.feature_names_), raw_score=True)
+
+    def precompile(self) -> None:
+        """Start compiling the trees that large batches of `score` run (see compile_trees)."""
+        check_is_fitted(self, "booster_")
+        compile_trees(self.booster_, raw_score=True)
 
     def predict_proba(self, X: pl.DataFrame) -> np.ndarray:
         """Calibrated P(purchase within the horizon)."""
@@ -122,8 +129,9 @@ class PurchasePropensity(Settings):
             sorted(zip(self.feature_names_, gain / gain.sum(), strict=True), key=lambda kv: -kv[1])
         )
 
-    def top_reasons(self, X: pl.DataFrame, k: int = 3, trees: int | None = None) -> list[list[str]]:
-        """Per row, the features that raise the score most (SHAP contributions).
+    def top_reasons(self, X: pl.DataFrame, k: int = 3, trees: int | None = None) -> np.ndarray:
+        """(rows, k) names of the features that raise each row's score most (SHAP
+        contributions), best first; None where fewer than k raise it.
 
         `trees` limits the explanation to the first trees, the coarse effects: TreeSHAP costs
         grow with every tree, and for a million customers the full model takes minutes.
@@ -133,8 +141,9 @@ class PurchasePropensity(Settings):
             matrix(X, self.feature_names_), pred_contrib=True, num_iteration=trees
         )[:, :-1]
         order = np.argsort(-contrib, axis=1)[:, :k]
-        names = np.array(self.feature_names_)
-        return [list(names[row][contrib[i, row] > 0]) for i, row in enumerate(order)]
+        names = np.array(self.feature_names_, dtype=object)[order]
+        names[np.take_along_axis(contrib, order, axis=1) <= 0] = None
+        return names
 
     def save(self, path: str | Path) -> None:
         check_is_fitted(self, "booster_")

@@ -91,11 +91,9 @@ class SendTimeModel(Settings):
         posterior = own + self.prior_strength * prior
         return posterior / posterior.sum(1, keepdims=True)
 
-    def best_hours(
-        self, activity: pl.DataFrame, groups: pl.DataFrame, k: int = 3
-    ) -> list[list[int]]:
-        """The k most likely local hours per customer, best first."""
-        return np.argsort(-self.profile(activity, groups), axis=1, kind="stable")[:, :k].tolist()
+    def best_hours(self, activity: pl.DataFrame, groups: pl.DataFrame, k: int = 3) -> np.ndarray:
+        """(customers, k): the k most likely local hours per customer, best first."""
+        return np.argsort(-self.profile(activity, groups), axis=1, kind="stable")[:, :k]
 
     def save(self, path: str | Path) -> None:
         check_is_fitted(self, "shop_profile_")

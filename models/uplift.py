@@ -25,8 +25,10 @@ from .base import (
     ModelFitError,
     Settings,
     check_is_fitted,
+    compile_trees,
     lightgbm_params,
     load_arrays,
+    predict_trees,
     save_arrays,
 )
 
@@ -152,24 +154,37 @@ class UpliftModel(Settings):
         check_is_fitted(self, "outcome_")
         return [self.control_, *self.treatments_]
 
+    def precompile(self) -> None:
+        """Start compiling the trees that large batches of predictions run (compile_trees)."""
+        check_is_fitted(self, "effect_")
+        compile_trees(self.outcome_[self.control_])
+        for pair in self.effect_.values():
+            for booster in pair:
+                compile_trees(booster)
+
     def predict_uplift(self, X: pl.DataFrame) -> np.ndarray:
         """(rows, treatment arms): each arm's predicted effect on the outcome against control."""
         check_is_fitted(self, "effect_")
-        x = self._matrix(X)
+        return self._uplift(self._matrix(X))
+
+    def _uplift(self, x: np.ndarray) -> np.ndarray:
         columns = []
         for name in self.treatments_:
             from_treated, from_control = self.effect_[name]
             share = self.share_[name]
             # each effect model is trusted more where its own arm had fewer rows to impute from
-            columns.append(share * from_control.predict(x) + (1 - share) * from_treated.predict(x))
+            columns.append(
+                share * predict_trees(from_control, x)
+                + (1 - share) * predict_trees(from_treated, x)
+            )
         return np.column_stack(columns)
 
     def predict_outcome(self, X: pl.DataFrame) -> np.ndarray:
         """(rows, arms): expected outcome under control (column 0) and under each arm."""
         check_is_fitted(self, "outcome_")
         x = self._matrix(X)
-        base = self.outcome_[self.control_].predict(x)
-        return np.column_stack([base, base[:, None] + self.predict_uplift(X)])
+        base = predict_trees(self.outcome_[self.control_], x)
+        return np.column_stack([base, base[:, None] + self._uplift(x)])
 
     # --- persistence ----------------------------------------------------------------------
 
@@ -243,6 +258,14 @@ class TwoModelUplift(UpliftModel):
         self._fit_outcomes(*self._prepare(X, arm, y, control, propensity))
         return self
 
+    def precompile(self) -> None:
+        """Start compiling the trees that large batches of predictions run (compile_trees)."""
+        check_is_fitted(self, "effect_")
+        compile_trees(self.outcome_[self.control_])
+        for pair in self.effect_.values():
+            for booster in pair:
+                compile_trees(booster)
+
     def predict_uplift(self, X: pl.DataFrame) -> np.ndarray:
         check_is_fitted(self, "outcome_")
         x = self._matrix(X)
@@ -263,6 +286,14 @@ class ClassTransformationUplift(TwoModelUplift):
             z = ((arm[rows] == name) == (y[rows] > 0)).astype(float)
             self.outcome_[name] = self._booster(x[rows], z, np.ones(rows.sum()), True)
         return self
+
+    def precompile(self) -> None:
+        """Start compiling the trees that large batches of predictions run (compile_trees)."""
+        check_is_fitted(self, "effect_")
+        compile_trees(self.outcome_[self.control_])
+        for pair in self.effect_.values():
+            for booster in pair:
+                compile_trees(booster)
 
     def predict_uplift(self, X: pl.DataFrame) -> np.ndarray:
         check_is_fitted(self, "outcome_")
@@ -286,6 +317,11 @@ class OfferModel:
     @property
     def feature_names(self) -> list[str]:
         return self.outcome.feature_names_
+
+    def precompile(self) -> None:
+        for model in (self.outcome, self.revenue):
+            if model is not None:
+                model.precompile()
 
     def save(self, path: str | Path) -> None:
         path = Path(path)

@@ -10,11 +10,13 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+import numpy as np
 import polars as pl
 
 from sendwise.features import builders
 from sendwise.features.clock import with_local_time
 from sendwise.features.shop import Shop
+from sendwise.models.base import COMPILE_ROWS
 from sendwise.models.products import ProductRanker
 from sendwise.models.propensity import PurchasePropensity
 from sendwise.models.sendtime import SendTimeModel
@@ -40,6 +42,12 @@ class Champions:
     def version_label(self) -> str:
         """`task:version` of every champion, as decisions carry it (`model_versions`)."""
         return ",".join(f"{k}:{v}" for k, v in sorted(self.versions.items()))
+
+    def precompile(self) -> None:
+        """Start compiling the trees a large batch runs, while its features are being built."""
+        for model in (self.propensity, self.products, self.offer):
+            if model is not None:
+                model.precompile()
 
     @classmethod
     def load(cls) -> Champions:
@@ -76,15 +84,12 @@ class Policy:
     offers: OfferPolicy = field(default_factory=OfferPolicy)  # with a champion offer model
 
 
-def send_hours(best_hours: list[list[int]], policy: Policy) -> list[int]:
-    """The first best hour outside quiet hours, else the fallback hour."""
-    return [
-        next(
-            (h for h in hours if not quiet_hour(h, policy.quiet_start, policy.quiet_end)),
-            policy.fallback_hour,
-        )
-        for hours in best_hours
-    ]
+def send_hours(best_hours: np.ndarray, policy: Policy) -> np.ndarray:
+    """Per row of best hours, the first outside quiet hours, else the fallback hour."""
+    quiet = np.array([quiet_hour(h, policy.quiet_start, policy.quiet_end) for h in range(24)])
+    allowed = ~quiet[best_hours]
+    first = best_hours[np.arange(len(best_hours)), allowed.argmax(axis=1)]
+    return np.where(allowed.any(axis=1), first, policy.fallback_hour)
 
 
 def next_local_time(frame: pl.DataFrame, now: datetime, zones: list[str]) -> pl.Series:
@@ -212,10 +217,12 @@ def decision_frame(
     offer's randomisation probability, whether products are personal), and the trending
     products cold-start recipients get."""
     policy = policy or Policy()
-    features = builders.customer_features(shop, as_of).collect()
+    if shop.customers.select(pl.len()).collect().item() >= COMPILE_ROWS:
+        champions.precompile()
+    activity = builders.activity_hours(shop, as_of).collect()
+    features = builders.customer_features(shop, as_of, activity.lazy()).collect()
     propensity = champions.propensity.predict_proba(features)
     reasons_top = champions.propensity.top_reasons(features, k=1, trees=policy.reason_trees)
-    activity = builders.activity_hours(shop, as_of).collect()
     groups = features.select("customer_id", group=pl.col("timezone"))
     best = champions.sendtime.best_hours(activity, groups, k=3)
     ranked, popular = _products(champions, shop, as_of, policy)
@@ -227,7 +234,7 @@ def decision_frame(
             policy.segments.expression(),
             suppression(policy),
             pl.Series("purchase_propensity", propensity),
-            pl.Series("best_hours", best, dtype=pl.List(pl.Int64)),
+            pl.Series("best_hours", best).cast(pl.List(pl.Int64)),
             pl.Series("send_hour", send_hours(best, policy)),
         )
         .join(ranked, on="customer_id", how="left")
@@ -241,7 +248,7 @@ def decision_frame(
     zones = sorted(decisions["timezone"].unique().to_list())
     send_at = next_local_time(decisions, as_of, zones)
     cold = decisions["products"].is_null()
-    driver = pl.Series([f"propensity_{r[0]}" if r else "propensity_base" for r in reasons_top])
+    driver = "propensity_" + pl.Series(reasons_top[:, 0], dtype=pl.String).fill_null("base")
     versions = champions.version_label
     reasons = pl.concat_list(
         pl.concat_str(pl.lit("segment_"), pl.col("segment")),

@@ -12,11 +12,7 @@ import numpy as np
 def uniform(ids: Iterable[str], salt: str) -> np.ndarray:
     """A number in [0, 1) per id, from BLAKE2b of `salt` and the id (stable across versions)."""
     prefix = salt.encode() + b"\x00"
-    return np.fromiter(
-        (
-            int.from_bytes(hashlib.blake2b(prefix + str(i).encode(), digest_size=8).digest())
-            / 2**64
-            for i in ids
-        ),
-        dtype=np.float64,
+    digests = b"".join(
+        hashlib.blake2b(prefix + str(i).encode(), digest_size=8).digest() for i in ids
     )
+    return np.frombuffer(digests, dtype=">u8") / 2**64

@@ -111,9 +111,10 @@ def test_models_load_back_identical(simulated_shop, tmp_path):
     activity, groups = sendtime_inputs(simulated_shop, AS_OF)
     sendtime = SendTimeModel().fit(activity, groups)
     sendtime.save(tmp_path / "sendtime")
-    assert SendTimeModel.load(tmp_path / "sendtime").best_hours(
-        activity, groups
-    ) == sendtime.best_hours(activity, groups)
+    assert np.array_equal(
+        SendTimeModel.load(tmp_path / "sendtime").best_hours(activity, groups),
+        sendtime.best_hours(activity, groups),
+    )
 
 
 def test_unfitted_models_say_so():

@@ -187,7 +187,7 @@ def sendtime_inputs(shop: Shop, as_of: datetime) -> tuple[pl.DataFrame, pl.DataF
     """(activity hours, customer groups) known at `as_of`; the group is the time zone."""
     activity = builders.activity_hours(shop, as_of).collect()
     groups = (
-        builders.customer_features(shop, as_of)
+        builders.customer_features(shop, as_of, activity.lazy())
         .select("customer_id", group=pl.col("timezone"))
         .collect()
     )

@@ -54,13 +54,11 @@ def ranking_metrics(
     }
 
 
-def hour_hits(best_hours: list[list[int]], actual: np.ndarray) -> dict[str, float]:
+def hour_hits(best_hours: np.ndarray, actual: np.ndarray) -> dict[str, float]:
     """hit@1 and hit@3: the actual hour is the first, or among the first three, predicted."""
-    first = np.array([hours[0] if hours else -1 for hours in best_hours])
-    top3 = [set(hours[:3]) for hours in best_hours]
     return {
-        "hit@1": float(np.mean(first == actual)),
-        "hit@3": float(np.mean([a in s for a, s in zip(actual, top3, strict=True)])),
+        "hit@1": float(np.mean(best_hours[:, 0] == actual)),
+        "hit@3": float(np.mean((best_hours[:, :3] == actual[:, None]).any(axis=1))),
         "customers": len(actual),
     }
 
