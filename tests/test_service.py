@@ -4,6 +4,7 @@ the decision log after a kill mid-batch, and a promotion while requests flow."""
 
 from __future__ import annotations
 
+import collections
 import socket
 import tempfile
 import threading
@@ -234,14 +235,19 @@ def test_killed_mid_batch_the_log_holds_whole_batches_only(champions, tmp_path):
     stop = threading.Event()
     recipients = [{"customer_id": f"c{i:07d}"} for i in range(3000)]
 
+    in_flight = collections.Counter()  # requests under way, by client
+
     def client(url):
         while not stop.is_set():
+            in_flight[threading.get_ident()] = 1
             try:
                 answer = post(url, {"recipients": recipients})
                 answer.raise_for_status()
                 answered.append((answer.json()["batch_id"], len(answer.json()["decisions"])))
             except httpx.HTTPError as error:
                 failed.append(type(error).__name__)
+            finally:
+                in_flight[threading.get_ident()] = 0
 
     others = {p.pid for p in server_workers()}
     with serving(champions, SENDWISE_DECISION_LOG_URL=log_url) as (url, _):
@@ -252,6 +258,8 @@ def test_killed_mid_batch_the_log_holds_whole_batches_only(champions, tmp_path):
             deadline = time.monotonic() + 120
             while len(answered) < 3 and time.monotonic() < deadline:
                 time.sleep(0.05)
+            while in_flight.total() < 3 and time.monotonic() < deadline:  # all 3 waiting
+                time.sleep(0.001)
             # SIGKILL this server's workers while batches are in flight: no cleanup code runs
             workers = [p for p in server_workers() if p.pid not in others]
             assert workers
