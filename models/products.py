@@ -222,9 +222,9 @@ class ProductRanker(Settings):
     def __init__(
         self,
         *,
-        cf_candidates: int = 30,
-        popular_candidates: int = 20,
-        als_candidates: int = 30,
+        cf_candidates: int = 20,
+        popular_candidates: int = 10,
+        als_candidates: int = 20,
         als_factors: int = 64,
         neighbours: int = 50,
         n_estimators: int = 200,
@@ -390,8 +390,9 @@ class ProductRanker(Settings):
     def _chunks(self, context: _Context, then: Callable[[_Pairs], T]) -> list[T]:
         """`then` applied to the candidate pairs of each chunk of the customers of `context`,
         chunks side by side on every core (numpy, scipy and the trees let go of the GIL)."""
-        # a chunk's dense scores (customers x products, float32) stay near 100 MB
-        step = max(1, min(self.chunk_size, 25_000_000 // max(context.n_items, 1)))
+        # a chunk's dense scores (customers x products, float32) stay near 24 MB: small blocks
+        # are reused by the allocator where large ones are mapped afresh, page by page
+        step = max(1, min(self.chunk_size, 6_000_000 // max(context.n_items, 1)))
 
         def chunk(start: int) -> T:
             return then(self._pairs(context, start, min(start + step, context.n_users)))
