@@ -222,7 +222,7 @@ class ProductRanker(Settings):
     def __init__(
         self,
         *,
-        cf_candidates: int = 20,
+        cf_candidates: int = 30,
         popular_candidates: int = 10,
         als_candidates: int = 20,
         als_factors: int = 64,
