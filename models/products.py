@@ -159,11 +159,7 @@ def _sparse_top(
     tied = np.flatnonzero((values == kth[rows]) & (values > 0))
     room = k - np.bincount(rows[top], minlength=len(counts))
     tied_rows = rows[tied]
-    first = np.r_[True, tied_rows[1:] != tied_rows[:-1]] if len(tied) else np.zeros(0, bool)
-    position = np.arange(len(tied)) - np.maximum.accumulate(
-        np.where(first, np.arange(len(tied)), 0)
-    )
-    top[tied[position < room[tied_rows]]] = True
+    top[tied[_position_within(tied_rows) < room[tied_rows]]] = True
     return rows[top], indices[top]
 
 
@@ -201,7 +197,7 @@ class _Context:
 
     index: _Index
     orders: sp.csr_matrix  # customers x products: orders of each product, indices sorted
-    own: dict[str, np.ndarray]  # per bought pair, aligned with `orders.data`: its OWN_COLUMNS
+    own: dict[str, np.ndarray]  # own_* features per bought pair, aligned with `orders.data`
     decayed: sp.csr_matrix  # log orders, decayed by age: the co-purchase query
     similar: sp.csr_matrix  # products x products, top neighbours by cosine over buyers
     items: dict[str, np.ndarray]
@@ -362,10 +358,9 @@ class ProductRanker(Settings):
         for name, values in own.items():
             features[name] = np.full(len(keys), np.nan if "days" in name else 0.0)
             features[name][bought_at] = values
-        user_orders = np.add.reduceat(own["own_orders"], bought_per_user.cumsum() - bought_per_user)
-        user_since = np.minimum.reduceat(
-            own["own_days_since"], bought_per_user.cumsum() - bought_per_user
-        )  # every customer in the context has bought something
+        first_bought = context.orders.indptr[start:stop] - lo  # every customer here bought
+        user_orders = np.add.reduceat(own["own_orders"], first_bought)
+        user_since = np.minimum.reduceat(own["own_days_since"], first_bought)
         own_days = features["own_days_since"]
         cf_pair = _lookup(cf_keys, cf.data, keys)
         als_pair = als[pu, pi]

@@ -258,14 +258,6 @@ class TwoModelUplift(UpliftModel):
         self._fit_outcomes(*self._prepare(X, arm, y, control, propensity))
         return self
 
-    def precompile(self) -> None:
-        """Start compiling the trees that large batches of predictions run (compile_trees)."""
-        check_is_fitted(self, "effect_")
-        compile_trees(self.outcome_[self.control_])
-        for pair in self.effect_.values():
-            for booster in pair:
-                compile_trees(booster)
-
     def predict_uplift(self, X: pl.DataFrame) -> np.ndarray:
         check_is_fitted(self, "outcome_")
         x = self._matrix(X)
@@ -286,14 +278,6 @@ class ClassTransformationUplift(TwoModelUplift):
             z = ((arm[rows] == name) == (y[rows] > 0)).astype(float)
             self.outcome_[name] = self._booster(x[rows], z, np.ones(rows.sum()), True)
         return self
-
-    def precompile(self) -> None:
-        """Start compiling the trees that large batches of predictions run (compile_trees)."""
-        check_is_fitted(self, "effect_")
-        compile_trees(self.outcome_[self.control_])
-        for pair in self.effect_.values():
-            for booster in pair:
-                compile_trees(booster)
 
     def predict_uplift(self, X: pl.DataFrame) -> np.ndarray:
         check_is_fitted(self, "outcome_")
