@@ -22,8 +22,8 @@ import polars as pl
 import typer
 from rich.console import Console
 
+from sendwise.errors import SendwiseError
 from sendwise.features.clock import parse_as_of
-from sendwise.features.contract import SendwiseError
 from sendwise.features.shop import read_shop, write_shop
 from sendwise.store.files import write_frame
 from sendwise.store.settings import home
@@ -395,7 +395,7 @@ def score_command(
 
 
 def _offer_policy(margin: float, exploration: float, holdout: float, max_share: list[str]):
-    from sendwise.serving.offers import OfferPolicy
+    from sendwise.policy.offers import OfferPolicy
 
     shares = {}
     for item in max_share:

@@ -26,7 +26,7 @@ from sendwise.features.experiment import ExperimentSpec, campaign_experiment, re
 from sendwise.features.shop import read_shop, write_shop
 from sendwise.features.simulate import SimulationSettings, simulate
 from sendwise.models.uplift import UpliftModel
-from sendwise.serving.offers import OfferPolicy
+from sendwise.policy.offers import OfferPolicy
 from sendwise.training.offers import evaluate_policy, evaluate_uplift
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,7 +6,7 @@ from datetime import UTC, date, datetime, time, timedelta
 
 import polars as pl
 
-from .contract import SendwiseError
+from sendwise.errors import SendwiseError
 
 DAY_US = 86_400_000_000
 

@@ -15,13 +15,11 @@ from functools import cache
 
 import polars as pl
 
+from sendwise.errors import SendwiseError
+
 TIMESTAMP = pl.Datetime("us", "UTC")
 ROW = "__row"  # 1-based data row number, for error messages
 SHOWN_ROWS = 3
-
-
-class SendwiseError(Exception):
-    """An error whose message is meant for the user as it is: one line, no traceback."""
 
 
 class ContractError(SendwiseError):

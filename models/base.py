@@ -17,7 +17,7 @@ import lleaves
 import numpy as np
 import polars as pl
 
-from sendwise.features.contract import SendwiseError
+from sendwise.errors import SendwiseError
 
 
 class NotFittedError(SendwiseError):

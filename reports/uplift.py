@@ -17,8 +17,8 @@ import numpy as np
 import polars as pl
 
 from sendwise.features.experiment import Experiment
+from sendwise.models.metrics import policy_value, qini_auc, qini_curve
 from sendwise.models.uplift import UpliftModel
-from sendwise.training.metrics import policy_value, qini_auc, qini_curve
 
 Z = 1.96  # two-sided 95% normal interval
 
@@ -122,7 +122,7 @@ def _segments(experiment: Experiment, segment_col: str | None) -> pl.Series | No
     if segment_col:
         return frame[segment_col].cast(pl.String).fill_null("unknown")
     if {"orders_total", "recency_days"} <= set(frame.columns):
-        from sendwise.serving.segments import SegmentRules
+        from sendwise.policy.segments import SegmentRules
 
         return frame.select(SegmentRules().expression())["segment"]
     return None

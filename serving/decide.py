@@ -29,10 +29,9 @@ from pydantic import (
     model_validator,
 )
 
+from sendwise.policy.randomise import uniform
+from sendwise.policy.segments import SegmentOffers
 from sendwise.store.sends import SendHistory
-
-from .randomise import uniform
-from .segments import SegmentOffers
 
 ZONES = frozenset(available_timezones())
 MAX_RECIPIENTS = 10_000

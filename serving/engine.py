@@ -21,11 +21,11 @@ from sendwise.models.products import ProductRanker
 from sendwise.models.propensity import PurchasePropensity
 from sendwise.models.sendtime import SendTimeModel
 from sendwise.models.uplift import OfferModel
+from sendwise.policy.offers import OfferPolicy
+from sendwise.policy.segments import SegmentOffers, SegmentRules
 from sendwise.store import registry
 
 from .decide import quiet_hour
-from .offers import OfferPolicy
-from .segments import SegmentOffers, SegmentRules
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from sendwise.errors import SendwiseError
 from sendwise.features.clock import parse_as_of
-from sendwise.features.contract import SendwiseError
 from sendwise.features.shop import read_shop
 from sendwise.store import registry
 from sendwise.store.decisions import DecisionLog

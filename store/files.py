@@ -11,7 +11,7 @@ from pathlib import Path
 
 import polars as pl
 
-from sendwise.features.contract import SendwiseError
+from sendwise.errors import SendwiseError
 
 FRAME_SUFFIXES = (".parquet", ".csv")
 

@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from sendwise.errors import SendwiseError
+
 from .settings import home
 
 log = logging.getLogger(__name__)
@@ -139,8 +141,6 @@ def promote(task: str, metric: str) -> Promotion:
 def download(task: str, alias: str = CHAMPION) -> tuple[Path, str]:
     """The files of the model behind an alias, and its version."""
     import mlflow
-
-    from sendwise.features.contract import SendwiseError
 
     version = alias_version(task, alias)
     if version is None:

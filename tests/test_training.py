@@ -11,8 +11,8 @@ from sendwise.features.clock import parse_as_of
 from sendwise.models.products import ProductRanker
 from sendwise.models.propensity import PurchasePropensity
 from sendwise.models.sendtime import SendTimeModel
+from sendwise.policy.segments import SEGMENTS
 from sendwise.serving.engine import Champions, score_batch
-from sendwise.serving.segments import SEGMENTS
 from sendwise.store import registry
 from sendwise.training.backtest import backtest_propensity, fit_products, sendtime_inputs
 from sendwise.training.train import train

@@ -14,7 +14,7 @@ from sendwise.features.experiment import ExperimentSpec, campaign_experiment, re
 from sendwise.features.shop import read_shop, write_shop
 from sendwise.features.simulate import SimulationSettings, simulate
 from sendwise.models.uplift import OfferModel, UpliftModel
-from sendwise.serving.offers import ArmCost, OfferPolicy
+from sendwise.policy.offers import ArmCost, OfferPolicy
 from sendwise.training.offers import evaluate_uplift
 
 HILLSTROM_FLAGS = ["--arm-col", "segment", "--control", "No E-Mail", "--outcome", "visit"]

@@ -17,6 +17,7 @@ import polars as pl
 from sendwise.features import builders
 from sendwise.features.shop import Shop
 from sendwise.models.baselines import BGNBD, ColumnScore
+from sendwise.models.metrics import hour_hits, propensity_metrics, ranking_metrics
 from sendwise.models.products import ProductRanker
 from sendwise.models.propensity import PurchasePropensity
 from sendwise.models.sendtime import PersonalHistogram, SendTimeModel, ShopBestHours
@@ -28,7 +29,6 @@ from .datasets import (
     labelled,
     training_cutoffs,
 )
-from .metrics import hour_hits, propensity_metrics, ranking_metrics
 
 log = logging.getLogger(__name__)
 

@@ -13,16 +13,15 @@ import polars as pl
 from sklearn.model_selection import train_test_split
 
 from sendwise.features.experiment import Experiment
+from sendwise.models.metrics import qini_auc, uplift_at_k
 from sendwise.models.uplift import (
     ClassTransformationUplift,
     OfferModel,
     TwoModelUplift,
     UpliftModel,
 )
-from sendwise.serving.offers import OfferPolicy
+from sendwise.policy.offers import OfferPolicy
 from sendwise.store import registry
-
-from .metrics import qini_auc, uplift_at_k
 
 VALIDATION_SHARE = 0.3
 

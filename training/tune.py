@@ -16,12 +16,12 @@ import optuna
 from optuna_integration import LightGBMPruningCallback
 
 from sendwise.features.shop import Shop
+from sendwise.models.metrics import propensity_metrics
 from sendwise.models.propensity import PurchasePropensity
 from sendwise.store.settings import home
 
 from .backtest import propensity_features
 from .datasets import CUTOFF_STRIDE_DAYS, TRAINING_CUTOFFS, labelled, training_cutoffs
-from .metrics import propensity_metrics
 from .train import TrainResult, train
 
 

@@ -21,8 +21,7 @@ import numpy as np
 import polars as pl
 
 from sendwise.models.uplift import OfferModel
-
-from .randomise import uniform
+from sendwise.policy.randomise import uniform
 
 SHIPPING_COST = 4.95
 

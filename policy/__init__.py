@@ -1,0 +1,1 @@
+"""Business rules every decision follows, pure and vectorised, read by batch, API and reports."""
