@@ -13,6 +13,7 @@ import logging
 import sys
 import time
 import traceback
+from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -373,25 +374,81 @@ def backtest_command(
         out.print(f"Wrote {json_file}")
 
 
+ConfigFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", help="Business rules (TOML); default SENDWISE_CONFIG, else the defaults."
+    ),
+]
+
+
 @app.command("score")
 def score_command(
     shop: ShopDir,
     as_of: AsOf,
     out_file: Annotated[Path, typer.Option("--out", help="Output .parquet or .csv file.")],
+    campaign: Annotated[
+        str, typer.Option("--campaign", help="Campaign name: salts holdouts, counts for caps.")
+    ] = "default",
+    config: ConfigFile = None,
 ) -> None:
-    """Batch decisions for every customer known on the cut-off, from the champion models."""
-    from sendwise.serving.engine import Champions, score_batch
+    """Batch decisions for every customer known on the cut-off, from the champion models,
+    through the same policy as the API; the batch is appended to the decision log whole."""
+    from sendwise.policy.config import load_settings
+    from sendwise.serving.engine import Champions, export_decisions
 
     cutoff, started = parse_as_of(as_of), time.perf_counter()
+    settings = load_settings(config)
     with console.status("Loading champions..."):
         champions = Champions.load()
     with console.status("Scoring..."):
-        decisions = score_batch(champions, read_shop(shop), cutoff)
-        write_frame(decisions, out_file)
+        decisions = export_decisions(
+            champions, read_shop(shop), cutoff, out_file, settings, campaign
+        )
+    sent, held = decisions["send"].sum(), decisions["holdout"].sum()
     out.print(
-        f"Wrote {out_file}: {len(decisions):,} decisions in {time.perf_counter() - started:.1f}s "
-        f"(models {decisions['model_versions'][0] if len(decisions) else '-'})"
+        f"Wrote {out_file}: {len(decisions):,} decisions ({sent:,} to send, {held:,} held out) "
+        f"in {time.perf_counter() - started:.1f}s, logged as campaign {campaign!r} "
+        f"(models {champions.version_label})"
     )
+
+
+config_app = typer.Typer(help="The business rules decisions follow.", no_args_is_help=True)
+decisions_app = typer.Typer(help="The decision log.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(decisions_app, name="decisions")
+
+
+@config_app.command("show")
+def config_show(config: ConfigFile = None) -> None:
+    """Print the effective settings as TOML (the defaults, overridden by the file)."""
+    from sendwise.policy.config import config_path, load_settings, to_toml
+
+    path = config_path(config)
+    out.print(f"# effective settings ({path or 'defaults: no --config or SENDWISE_CONFIG'})")
+    out.print(to_toml(load_settings(config)), markup=False, highlight=False, end="")
+
+
+@decisions_app.command("export")
+def decisions_export(
+    out_file: Annotated[Path, typer.Option("--out", help="Output .parquet or .csv file.")],
+    since: Annotated[
+        str | None, typer.Option("--since", help="Only decisions from this date (UTC).")
+    ] = None,
+    campaign: Annotated[str | None, typer.Option("--campaign", help="Only this campaign.")] = None,
+) -> None:
+    """The decision log as a table, one row per decision, oldest first."""
+    from sendwise.store.decisions import DecisionLog
+
+    start = None
+    if since:
+        start = parse_as_of(since)
+        if len(since) == 10:  # a day means from its start
+            start -= timedelta(days=1) - timedelta(microseconds=1)
+    decision_log = DecisionLog()
+    frame = decision_log.read(start, campaign)
+    write_frame(frame, out_file)
+    out.print(f"Wrote {out_file}: {len(frame):,} decisions from {decision_log.url}")
 
 
 def _offer_policy(margin: float, exploration: float, holdout: float, max_share: list[str]):
@@ -427,11 +484,16 @@ def score_experiment_command(
     exploration: Exploration = 0.1,
     holdout: Holdout = 0.05,
     max_share: MaxShare = None,
+    arm_col: ArmCol = None,
+    control: Control = None,
+    outcome: Outcome = None,
+    exclude: Exclude = None,
 ) -> None:
     """Per customer: predicted uplift of each arm, expected incremental profit, chosen arm.
 
     Uses the champion offer model, which remembers its experiment's layout: arm and outcome
-    columns in the file are ignored.
+    columns in the file are ignored. The layout flags are optional; one that contradicts
+    what the model remembers is an error.
     """
     from sendwise.features.experiment import ID, read_table_file
     from sendwise.models.uplift import OfferModel
@@ -440,6 +502,19 @@ def score_experiment_command(
     with console.status("Loading the offer champion..."):
         path, version = registry.download("offer")
         model = OfferModel.load(path)
+    given = {"arm_col": arm_col, "control": control, "outcome": outcome}
+    if exclude is not None:
+        given["exclude"] = sorted(c.strip() for c in exclude.split(",") if c.strip())
+    for key, value in given.items():
+        remembered = model.spec.get(key)
+        remembered = sorted(remembered) if key == "exclude" else remembered
+        if value is not None and value != remembered:
+            flag = "--" + key.replace("_", "-")
+            shown = ",".join(remembered) if key == "exclude" else remembered
+            raise SendwiseError(
+                f"{flag} {','.join(value) if key == 'exclude' else value} contradicts the "
+                f"offer model v{version}, trained with {flag} {shown}"
+            )
     frame = read_table_file(experiment)
     missing = [c for c in model.feature_names if c not in frame.columns]
     if missing:
@@ -510,9 +585,15 @@ def serve_command(
     insecure_dev: Annotated[
         bool, typer.Option("--insecure-dev", help="Serve without API keys (development only).")
     ] = False,
+    config: ConfigFile = None,
 ) -> None:
     """The decision API (BentoML): POST /decide, GET /connected/decide, docs at /, /metrics."""
+    from sendwise.policy.config import config_path, load_settings
     from sendwise.store import registry
+
+    load_settings(config)  # a bad file is one line here, not a failure in every worker
+    if config_path(config):
+        os.environ["SENDWISE_CONFIG"] = str(config_path(config).resolve())
 
     shop = shop or home() / "demo" / "shop"
     if not shop.is_dir():
@@ -523,7 +604,7 @@ def serve_command(
         raise SendwiseError(
             "no API keys: set SENDWISE_API_KEYS (comma-separated), or pass --insecure-dev"
         )
-    for task in ("propensity", "crosssell", "sendtime"):
+    for task in ("propensity", "sendtime"):
         if registry.alias_version(task, registry.CHAMPION) is None:
             raise SendwiseError(
                 f"no champion {task} model: run `sendwise train all` and `sendwise promote all`"

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
+from pydantic import BaseModel, ConfigDict, Field
 
 from sendwise.models.uplift import OfferModel
 from sendwise.policy.randomise import uniform
@@ -26,11 +27,14 @@ from sendwise.policy.randomise import uniform
 SHIPPING_COST = 4.95
 
 
-@dataclass(frozen=True)
-class ArmCost:
-    percent: float = 0.0  # share of order value given away (10_off: 0.10)
-    per_order: float = 0.0  # fixed cost per order placed under the arm (free shipping)
-    per_send: float = 0.0  # cost of making the offer at all
+class ArmCost(BaseModel):
+    """What an arm costs (`[offers.costs.ARM]` in the configuration)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    percent: float = Field(0.0, ge=0, le=1)  # share of order value given away (10_off: 0.10)
+    per_order: float = Field(0.0, ge=0)  # fixed cost per order under the arm (free shipping)
+    per_send: float = Field(0.0, ge=0)  # cost of making the offer at all
 
 
 def default_cost(arm: str) -> ArmCost:
@@ -102,23 +106,34 @@ class OfferPolicy:
                     break
         return chosen
 
+    def choose(
+        self, values: np.ndarray, cost: np.ndarray, ids: list[str], arms: list[str]
+    ) -> OfferChoice:
+        """The policy's arm per row, then the holdout and exploration draws (salted by
+        campaign); `values` of arms not on offer are -inf (control, column 0, always is)."""
+        policy = self._greedy(values, cost, arms)
+        n_allowed = np.isfinite(values).sum(axis=1)
+        held = uniform(ids, f"{self.campaign}:offer-holdout") < self.holdout
+        explore_draw = uniform(ids, f"{self.campaign}:offer-explore")
+        exploring = ~held & (explore_draw < self.exploration)
+        # the k-th arm on offer, k uniform: a random arm among those allowed
+        k = np.minimum(
+            (uniform(ids, f"{self.campaign}:offer-arm") * n_allowed).astype(int), n_allowed - 1
+        )
+        random_arm = np.argmax(np.cumsum(np.isfinite(values), axis=1) > k[:, None], axis=1)
+        chosen = np.where(held, 0, np.where(exploring, random_arm, policy))
+        # P(chosen | customer): holdout and exploration mix with the policy's own choice
+        share = (1 - self.holdout) * self.exploration / n_allowed
+        probability = share + (1 - self.holdout) * (1 - self.exploration) * (chosen == policy)
+        probability = probability + self.holdout * (chosen == 0)
+        return OfferChoice(policy, chosen, held, exploring, probability)
+
     def decide(self, model: OfferModel, X: pl.DataFrame, ids: list[str]) -> pl.DataFrame:
         """Per customer: chosen arm, its expected incremental profit, whether held out or
         exploring, and the probability the chosen arm had (for causal use of the log)."""
         arms = model.arms
         values, cost = self.expected_values(model, X)
-        policy = self._greedy(values, cost, arms)
-        held = uniform(ids, f"{self.campaign}:offer-holdout") < self.holdout
-        explore_draw = uniform(ids, f"{self.campaign}:offer-explore")
-        exploring = ~held & (explore_draw < self.exploration)
-        random_arm = np.minimum(
-            (uniform(ids, f"{self.campaign}:offer-arm") * len(arms)).astype(int), len(arms) - 1
-        )
-        chosen = np.where(held, 0, np.where(exploring, random_arm, policy))
-        # P(chosen | customer): holdout and exploration mix with the policy's own choice
-        share = (1 - self.holdout) * self.exploration / len(arms)
-        probability = share + (1 - self.holdout) * (1 - self.exploration) * (chosen == policy)
-        probability = probability + self.holdout * (chosen == 0)
+        choice = self.choose(values, cost, ids, arms)
         rows = np.arange(len(ids))
         uplift = model.outcome.predict_uplift(X)
         return pl.DataFrame(
@@ -126,11 +141,22 @@ class OfferPolicy:
                 "customer_id": ids,
                 **{f"uplift_{a}": uplift[:, k] for k, a in enumerate(arms[1:])},
                 **{f"value_{a}": values[:, k] for k, a in enumerate(arms)},
-                "policy_arm": np.array(arms)[policy],
-                "offer": np.array(arms)[chosen],
-                "expected_value": values[rows, chosen],
-                "holdout": held,
-                "exploring": exploring,
-                "probability": probability,
+                "policy_arm": np.array(arms)[choice.policy],
+                "offer": np.array(arms)[choice.chosen],
+                "expected_value": values[rows, choice.chosen],
+                "holdout": choice.held,
+                "exploring": choice.exploring,
+                "probability": choice.probability,
             }
         )
+
+
+@dataclass(frozen=True)
+class OfferChoice:
+    """Arm indices per row: the policy's own, the one given, and how it was drawn."""
+
+    policy: np.ndarray
+    chosen: np.ndarray
+    held: np.ndarray
+    exploring: np.ndarray
+    probability: np.ndarray

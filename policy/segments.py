@@ -14,24 +14,26 @@ Intervals only count for customers with at least two orders (one purchase is not
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import polars as pl
+from pydantic import BaseModel, ConfigDict, Field
 
 SEGMENTS = ("lead", "new", "active", "loyal", "at_risk", "lapsed", "cart_abandoner")
 
 
-@dataclass(frozen=True)
-class SegmentRules:
-    cart_days: float = 3.0
-    cart_min_views: int = 2
-    new_days: float = 30.0
-    at_risk_days: float = 120.0
-    at_risk_cycles: float = 2.0
-    lapsed_days: float = 240.0
-    lapsed_cycles: float = 4.0
-    loyal_orders: int = 5
-    loyal_recent_orders: int = 2
+class SegmentRules(BaseModel):
+    """The `[segments]` section of the configuration: the thresholds above."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cart_days: float = Field(3.0, ge=0)
+    cart_min_views: int = Field(2, ge=0)
+    new_days: float = Field(30.0, ge=0)
+    at_risk_days: float = Field(120.0, gt=0)
+    at_risk_cycles: float = Field(2.0, gt=0)
+    lapsed_days: float = Field(240.0, gt=0)
+    lapsed_cycles: float = Field(4.0, gt=0)
+    loyal_orders: int = Field(5, ge=1)
+    loyal_recent_orders: int = Field(2, ge=0)
 
     def expression(self) -> pl.Expr:
         """The `segment` column, from `customer_features` columns."""
@@ -56,28 +58,6 @@ class SegmentRules:
             .then(pl.lit("loyal"))
             .otherwise(pl.lit("active"))
             .alias("segment")
-        )
-
-
-@dataclass(frozen=True)
-class SegmentOffers:
-    """Offers by segment until an offer model is champion: a welcome incentive for leads, a
-    win-back discount for lapsed customers, nothing for everyone else (loyal customers buy
-    at full price; an offer would only cost margin)."""
-
-    lead: str = "free_shipping"
-    lapsed: str = "10_off"
-    otherwise: str = "none"
-
-    def expression(self) -> pl.Expr:
-        """The `offer` column, from the `segment` column."""
-        return (
-            pl.when(pl.col("segment") == "lead")
-            .then(pl.lit(self.lead))
-            .when(pl.col("segment") == "lapsed")
-            .then(pl.lit(self.lapsed))
-            .otherwise(pl.lit(self.otherwise))
-            .alias("offer")
         )
 
 

@@ -1,41 +1,46 @@
-"""The decision engine: champion models and business rules, callable without HTTP.
+"""The decision engine: champion models turned into a `Snapshot` of every known customer, and
+batch decisions from it through the one policy (`sendwise.policy.decide`).
 
 `Champions.load()` resolves the `champion` alias of each model through the registry room;
-`score_batch` turns a shop known at T into one decision row per customer.
+`build_snapshot` scores a shop known at T; `score_batch` decides for every customer in it,
+exactly as the API would for each of them with the same context and clock.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 
-import numpy as np
 import polars as pl
 
 from sendwise.features import builders
-from sendwise.features.clock import with_local_time
 from sendwise.features.shop import Shop
 from sendwise.models.base import COMPILE_ROWS
 from sendwise.models.products import ProductRanker
 from sendwise.models.propensity import PurchasePropensity
 from sendwise.models.sendtime import SendTimeModel
 from sendwise.models.uplift import OfferModel
-from sendwise.policy.offers import OfferPolicy
-from sendwise.policy.segments import SegmentOffers, SegmentRules
+from sendwise.policy.config import Settings
+from sendwise.policy.decide import SNAPSHOT_SCHEMA, Context, Snapshot, decide
 from sendwise.store import registry
-
-from .decide import quiet_hour
+from sendwise.store.decisions import DecisionLog
+from sendwise.store.files import atomic_path, frame_path, write_frame_to
+from sendwise.store.sends import SendHistory, send_history
 
 log = logging.getLogger(__name__)
+
+REASON_TREES = 20  # propensity reasons from the first trees' SHAP values: the coarse effects
 
 
 @dataclass(frozen=True)
 class Champions:
     propensity: PurchasePropensity
-    products: ProductRanker
     sendtime: SendTimeModel
     versions: dict[str, str]
+    products: ProductRanker | None = None  # none trained (one product): popular products
     offer: OfferModel | None = None  # until one is champion, offers follow segment rules
 
     @property
@@ -52,227 +57,169 @@ class Champions:
     @classmethod
     def load(cls) -> Champions:
         paths, versions = {}, {}
-        for task in ("propensity", "crosssell", "sendtime"):
+        for task in ("propensity", "sendtime"):
             paths[task], versions[task] = registry.download(task)
-        offer = None
-        if registry.alias_version("offer", registry.CHAMPION) is not None:
-            path, versions["offer"] = registry.download("offer")
-            offer = OfferModel.load(path)
+        optional = {}
+        for task, kind in (("crosssell", ProductRanker), ("offer", OfferModel)):
+            if registry.alias_version(task, registry.CHAMPION) is not None:
+                path, versions[task] = registry.download(task)
+                optional[task] = kind.load(path)
         return cls(
             PurchasePropensity.load(paths["propensity"]),
-            ProductRanker.load(paths["crosssell"]),
             SendTimeModel.load(paths["sendtime"]),
             versions,
-            offer,
+            optional.get("crosssell"),
+            optional.get("offer"),
         )
 
 
-@dataclass(frozen=True)
-class Policy:
-    """Business rules of a batch; every field documented where it acts."""
-
-    products: int = 10
-    recently_bought_days: float = 14.0  # not re-offered so soon unless due for replenishment
-    due_ratio: float = 0.8  # "due": at least this share of the product's re-purchase interval
-    quiet_start: int = 21  # local quiet hours [quiet_start, quiet_end): no sends
-    quiet_end: int = 8
-    fallback_hour: int = 10  # local hour for recipients with no usable signal
-    reason_trees: int | None = 20  # propensity reasons from the first trees' SHAP values
-    bounce_limit: int = 2  # suppressed after this many bounces (one may be a soft bounce)
-    segments: SegmentRules = field(default_factory=SegmentRules)
-    segment_offers: SegmentOffers = field(default_factory=SegmentOffers)
-    offers: OfferPolicy = field(default_factory=OfferPolicy)  # with a champion offer model
-
-
-def send_hours(best_hours: np.ndarray, policy: Policy) -> np.ndarray:
-    """Per row of best hours, the first outside quiet hours, else the fallback hour."""
-    quiet = np.array([quiet_hour(h, policy.quiet_start, policy.quiet_end) for h in range(24)])
-    allowed = ~quiet[best_hours]
-    first = best_hours[np.arange(len(best_hours)), allowed.argmax(axis=1)]
-    return np.where(allowed.any(axis=1), first, policy.fallback_hour)
-
-
-def next_local_time(frame: pl.DataFrame, now: datetime, zones: list[str]) -> pl.Series:
-    """UTC time of the next `send_hour` o'clock after `now`, in each row's `timezone`."""
-    located = with_local_time(
-        frame.lazy().with_columns(occurred_at=pl.lit(now)), zones, stamp="occurred_at"
-    )
-    candidate = pl.col("local_at").dt.truncate("1d") + pl.duration(hours=pl.col("send_hour"))
-    parts = []
-    for zone in zones:
-        part = located.filter(pl.col("timezone") == zone).with_columns(
-            local_send=pl.when(candidate > pl.col("local_at"))
-            .then(candidate)
-            .otherwise(candidate + pl.duration(days=1))
-        )
-        parts.append(
-            part.with_columns(
-                send_at=pl.col("local_send")
-                .dt.replace_time_zone(zone, ambiguous="earliest", non_existent="null")
-                .dt.convert_time_zone("UTC")
-            ).select("row", "send_at")
-        )
-    joined = pl.concat(parts).collect().sort("row")
-    return joined["send_at"]
-
-
-def _products(
-    champions: Champions, shop: Shop, as_of: datetime, policy: Policy
-) -> tuple[pl.DataFrame, list[str]]:
-    """Ranked products per known buyer, and the trending list for customers without history."""
-    history = builders.interactions(shop, as_of).collect()
-    recent = history.filter(
-        pl.col("last_ordered_at") > as_of - timedelta(days=policy.recently_bought_days)
-    ).select("customer_id", "product_id")
-    out_of_stock = (
-        shop.products.filter(~pl.col("in_stock").fill_null(True)).collect()["product_id"].to_list()
-    )
-    ranked = champions.products.rank(
-        history, as_of, n=policy.products, exclude=recent, unavailable=out_of_stock
-    )
-    popular = (
-        history.filter(~pl.col("product_id").is_in(out_of_stock))
-        .filter(pl.col("last_ordered_at") > as_of - timedelta(days=30))
-        .group_by("product_id")
-        .agg(pl.col("orders").sum())
-        .sort(["orders", "product_id"], descending=[True, False])
-        .head(policy.products)["product_id"]
-        .to_list()
-    )
-    return ranked.select("customer_id", "products"), popular
-
-
-def _offers(
-    champions: Champions, features: pl.DataFrame, segments: pl.DataFrame, policy: Policy
-) -> pl.DataFrame:
-    """`offer`, `offer_value`, `holdout` and `offer_reason` per customer: the champion offer
-    model's value-aware choice where one exists, else the segment rules."""
-    if champions.offer is None:
-        return segments.select(
-            "customer_id",
-            policy.segment_offers.expression(),
-            offer_value=pl.lit(0.0),
-            holdout=pl.lit(False),
-            offer_probability=pl.lit(1.0),
-            offer_reason=pl.concat_str(pl.lit("offer_rule_"), "segment"),
-        )
-    model = champions.offer
-    decided = policy.offers.decide(
-        model, features.select(model.feature_names), features["customer_id"].to_list()
-    )
-    return decided.select(
-        "customer_id",
-        "offer",
-        offer_value="expected_value",
-        holdout="holdout",
-        offer_probability="probability",
-        offer_reason=pl.when("holdout")
-        .then(pl.lit("offer_holdout"))
-        .when("exploring")
-        .then(pl.lit("offer_explore"))
-        .otherwise(pl.concat_str(pl.lit("uplift_"), "offer")),
-    )
-
-
-def suppression(policy: Policy) -> pl.Expr:
-    """Why a customer gets no marketing mail at all (null: eligible)."""
-    return (
-        pl.when((pl.col("unsubscribes_total") > 0) | (pl.col("complaints_total") > 0))
-        .then(pl.lit("suppressed_unsubscribed"))
-        .when(pl.col("bounces_total") >= policy.bounce_limit)
-        .then(pl.lit("suppressed_bounced"))
-        .alias("suppression")
-    )
-
-
-DECISION_COLUMNS = (
-    "decision_id",
-    "customer_id",
-    "segment",
-    "send",
-    "holdout",
-    "offer",
-    "offer_value",
-    "products",
-    "send_at",
-    "best_hours",
-    "purchase_propensity",
-    "reasons",
-    "model_versions",
-    "as_of",
-)
-
-
-def score_batch(
-    champions: Champions, shop: Shop, as_of: datetime, policy: Policy | None = None
-) -> pl.DataFrame:
-    """One decision per customer known at `as_of` (the DESIGN's decision columns)."""
-    return decision_frame(champions, shop, as_of, policy)[0].select(DECISION_COLUMNS)
-
-
-def decision_frame(
-    champions: Champions, shop: Shop, as_of: datetime, policy: Policy | None = None
-) -> tuple[pl.DataFrame, list[str]]:
-    """Decisions at `as_of` with what the API adds context to (time zone, suppression, the
-    offer's randomisation probability, whether products are personal), and the trending
-    products cold-start recipients get."""
-    policy = policy or Policy()
+def build_snapshot(
+    champions: Champions, shop: Shop, as_of: datetime, settings: Settings | None = None
+) -> Snapshot:
+    """What the champions say of every customer known at `as_of`: segment, suppression,
+    propensity and its main driver, products, cross-sell, best hours, offer values."""
+    settings = settings or Settings()
     if shop.customers.select(pl.len()).collect().item() >= COMPILE_ROWS:
         champions.precompile()
     activity = builders.activity_hours(shop, as_of).collect()
     features = builders.customer_features(shop, as_of, activity.lazy()).collect()
-    propensity = champions.propensity.predict_proba(features)
-    reasons_top = champions.propensity.top_reasons(features, k=1, trees=policy.reason_trees)
+    reasons = champions.propensity.top_reasons(features, k=1, trees=REASON_TREES)[:, 0]
     groups = features.select("customer_id", group=pl.col("timezone"))
-    best = champions.sendtime.best_hours(activity, groups, k=3)
-    ranked, popular = _products(champions, shop, as_of, policy)
-    decisions = (
-        features.select(
-            "customer_id",
-            "timezone",
-            "activity_total",
-            policy.segments.expression(),
-            suppression(policy),
-            pl.Series("purchase_propensity", propensity),
-            pl.Series("best_hours", best).cast(pl.List(pl.Int64)),
-            pl.Series("send_hour", send_hours(best, policy)),
+    lists, popular, trending = _product_lists(champions, shop, as_of, settings)
+    frame = features.select(
+        "customer_id",
+        "timezone",
+        settings.segments.expression(),
+        unsubscribed=(pl.col("unsubscribes_total") > 0) | (pl.col("complaints_total") > 0),
+        bounces=pl.col("bounces_total").cast(pl.Int64),
+        purchase_propensity=pl.Series(champions.propensity.predict_proba(features)),
+        propensity_reason=pl.Series(reasons.tolist(), dtype=pl.String).fill_null("base"),
+        best_hours=pl.Series(champions.sendtime.best_hours(activity, groups, k=3)).cast(
+            pl.List(pl.Int64)
+        ),
+    )
+    frame = frame.join(lists, on="customer_id", how="left", maintain_order="left")
+    frame = frame.select(pl.col(c).cast(t) for c, t in SNAPSHOT_SCHEMA.items())
+    arms: tuple[str, ...] = ()
+    if champions.offer is not None:
+        model = champions.offer
+        values, cost = settings.offers.policy("snapshot").expected_values(
+            model, features.select(model.feature_names)
         )
-        .join(ranked, on="customer_id", how="left")
-        .with_row_index("row")
+        arms = tuple(model.arms)
+        frame = frame.with_columns(
+            *(pl.Series(f"value_{a}", values[:, k]) for k, a in enumerate(arms)),
+            *(pl.Series(f"cost_{a}", cost[:, k]) for k, a in enumerate(arms)),
+        )
+    return Snapshot(frame, popular, trending, champions.version_label, arms)
+
+
+def _product_lists(
+    champions: Champions, shop: Shop, as_of: datetime, settings: Settings
+) -> tuple[pl.DataFrame, list[str], list[str]]:
+    """Per buyer `products` (everything, repeat purchases included, not just bought unless
+    due) and `cross_sell` (never bought, by the new-item head), both in stock only; and the
+    popular and trending lists cold starts and holdouts get."""
+    rules = settings.products
+    history = builders.interactions(shop, as_of).collect()
+    out_of_stock = (
+        shop.products.filter(~pl.col("in_stock").fill_null(True)).collect()["product_id"].to_list()
     )
-    decisions = decisions.join(
-        _offers(champions, features, decisions.select("customer_id", "segment"), policy),
-        on="customer_id",
-        how="left",
+    popular, trending = popular_and_trending(
+        history, as_of, out_of_stock, rules.count, rules.cross_sell, rules.trending_days
     )
-    zones = sorted(decisions["timezone"].unique().to_list())
-    send_at = next_local_time(decisions, as_of, zones)
-    cold = decisions["products"].is_null()
-    driver = "propensity_" + pl.Series(reasons_top[:, 0], dtype=pl.String).fill_null("base")
-    versions = champions.version_label
-    reasons = pl.concat_list(
-        pl.concat_str(pl.lit("segment_"), pl.col("segment")),
-        pl.when(cold).then(pl.lit("cold_start_popular")).otherwise(pl.lit("personal_products")),
-        pl.when(pl.col("activity_total") > 0)
-        .then(pl.lit("sendtime_personal"))
-        .otherwise(pl.lit("sendtime_fallback")),
-        driver,
-        "offer_reason",
-        pl.col("suppression"),
-    ).list.drop_nulls()
-    frame = decisions.with_columns(
-        send_at=send_at,
-        products=pl.when(cold)
-        .then(pl.lit(popular, dtype=pl.List(pl.String)))
-        .otherwise("products"),
-        reasons=reasons,
-        send=pl.col("suppression").is_null(),  # an offer holdout still gets the email
-        personal_products=~cold,
-        model_versions=pl.lit(versions),
-        as_of=pl.lit(as_of),
-    ).with_columns(
-        decision_id=pl.concat_str("customer_id", pl.lit(as_of.isoformat()), "model_versions")
-        .hash(seed=0)
-        .cast(pl.String)
+    empty = pl.DataFrame(schema={"customer_id": pl.String, "products": pl.List(pl.String)})
+    model = champions.products
+    if model is None or history.is_empty():
+        return empty.with_columns(cross_sell=pl.lit(None, pl.List(pl.String))), popular, trending
+    recent = history.filter(
+        pl.col("last_ordered_at") > as_of - timedelta(days=rules.recently_bought_days)
+    ).select("customer_id", "product_id")
+    ranked = model.rank(history, as_of, n=rules.count, exclude=recent, unavailable=out_of_stock)
+    new = model.rank(
+        history, as_of, n=rules.cross_sell, new_only=True, unavailable=out_of_stock
+    ).select("customer_id", cross_sell="products")
+    lists = ranked.select("customer_id", "products").join(
+        new, on="customer_id", how="full", coalesce=True
     )
-    return frame, popular
+    return lists, popular, trending
+
+
+def popular_and_trending(
+    history: pl.DataFrame,
+    as_of: datetime,
+    unavailable: list[str],
+    n_popular: int,
+    n_trending: int,
+    days: int,
+) -> tuple[list[str], list[str]]:
+    """Most bought in the last `days` days; and the fastest growing against the `days`
+    before (at least two buyers now), not already popular, filled up by popularity."""
+    recent = pl.col("last_ordered_at") > as_of - timedelta(days=days)
+    before = pl.col("last_ordered_at").is_between(
+        as_of - timedelta(days=2 * days), as_of - timedelta(days=days), closed="right"
+    )
+    counts = (
+        history.filter(~pl.col("product_id").is_in(unavailable))
+        .group_by("product_id")
+        .agg(now=recent.sum(), before=before.sum())
+        .filter(pl.col("now") > 0)
+        .sort(["now", "product_id"], descending=[True, False])
+    )
+    popular = counts["product_id"].head(n_popular).to_list()
+    growth = (pl.col("now") / (pl.col("before") + 1)).alias("growth")
+    rising = (
+        counts.filter(~pl.col("product_id").is_in(popular) & (pl.col("now") >= 2))
+        .with_columns(growth)
+        .sort(["growth", "now", "product_id"], descending=[True, True, False])["product_id"]
+        .head(n_trending)
+        .to_list()
+    )
+    fill = [p for p in counts["product_id"].to_list() if p not in popular and p not in rising]
+    return popular, (rising + fill)[:n_trending]
+
+
+def score_batch(
+    champions: Champions,
+    shop: Shop,
+    as_of: datetime,
+    settings: Settings | None = None,
+    campaign: str = "default",
+    history: SendHistory | None = None,
+    batch_id: str = "batch",
+) -> pl.DataFrame:
+    """One decision per customer known at `as_of`, decided at `as_of` for `campaign`;
+    frequency caps count the sends in `history` (none: no caps)."""
+    settings = settings or Settings()
+    snapshot = build_snapshot(champions, shop, as_of, settings)
+    recipients = snapshot.frame.select("customer_id")
+    sent = None
+    windows = settings.caps.windows()
+    if history is not None and windows:
+        since = as_of - timedelta(days=windows[-1])
+        sent = history.sends(recipients["customer_id"].to_list(), since, campaign)
+    context = Context(campaign=campaign, now=as_of)
+    return decide(snapshot, recipients, context, settings, as_of, sent, batch_id)
+
+
+def export_decisions(
+    champions: Champions,
+    shop: Shop,
+    as_of: datetime,
+    out: Path,
+    settings: Settings | None = None,
+    campaign: str = "default",
+    decision_log: DecisionLog | None = None,
+) -> pl.DataFrame:
+    """Batch decisions written to `out` and appended to the decision log, both or neither:
+    the file is staged, the batch logged whole, and only then the file put in place."""
+    out = frame_path(out)
+    decision_log = decision_log or DecisionLog()
+    history = send_history(decision_log)
+    batch_id = uuid.uuid4().hex
+    decisions = score_batch(champions, shop, as_of, settings, campaign, history, batch_id)
+    with atomic_path(out) as staging:
+        write_frame_to(decisions, staging, out.suffix)
+        decision_log.append(batch_id, as_of, decisions)
+    history.record_sends(decisions.filter("send")["customer_id"].to_list(), as_of, campaign)
+    return decisions

@@ -1,10 +1,11 @@
-"""What a serving worker holds: the current decider, the decision log and the send history.
+"""What a serving worker holds: the current snapshot, the settings, the decision log and the
+send history.
 
-`Runtime.serve` is the whole in-process path of one `/decide` batch (decide, log the batch
-whole, record sends); the BentoML service is a thin shell around it, and the benchmarks call
-it directly to show what HTTP adds. A watcher thread polls the registry's `champion` aliases;
-when one moves, a new decider is built beside the old one and swapped in with one assignment,
-so requests in flight finish on the old models and none fails.
+`Runtime.serve` is the whole in-process path of one `/decide` batch (decide through the one
+policy, log the batch whole, record sends); the BentoML service is a thin shell around it, and
+the benchmarks call it directly to show what HTTP adds. A watcher thread polls the registry's
+`champion` aliases; when one moves, a new snapshot is built beside the old one and swapped in
+with one assignment, so requests in flight finish on the old models and none fails.
 """
 
 from __future__ import annotations
@@ -15,18 +16,22 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+import polars as pl
 
 from sendwise.errors import SendwiseError
 from sendwise.features.clock import parse_as_of
 from sendwise.features.shop import read_shop
+from sendwise.policy.config import Settings, load_settings
+from sendwise.policy.decide import Snapshot, decide
 from sendwise.store import registry
 from sendwise.store.decisions import DecisionLog
 from sendwise.store.sends import SendHistory, send_history
 
-from .decide import Decider, DecideRequest
-from .engine import Champions, decision_frame
+from .decide import DecideRequest
+from .engine import Champions, build_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +64,11 @@ def champion_versions() -> dict[str, str | None]:
     return {task: version.version if version else None for task, version in found.items()}
 
 
-def build_decider(settings: ServeSettings) -> Decider:
+def load_snapshot(serve: ServeSettings, settings: Settings) -> Snapshot:
     """Champions from the registry, scored over the shop at the snapshot time."""
-    shop = read_shop(settings.shop)
-    as_of = settings.as_of or shop.latest() or datetime.now(UTC)
-    champions = Champions.load()
-    frame, popular = decision_frame(champions, shop, as_of)
-    return Decider(frame, popular, champions.version_label)
+    shop = read_shop(serve.shop)
+    as_of = serve.as_of or shop.latest() or datetime.now(UTC)
+    return build_snapshot(Champions.load(), shop, as_of, settings)
 
 
 class Runtime:
@@ -77,8 +80,9 @@ class Runtime:
         on_reload: Callable[[], None] = lambda: None,
     ):
         self.settings = settings
+        self.rules = load_settings()  # `SENDWISE_CONFIG`, as `sendwise serve --config` sets it
         self.versions = champion_versions()
-        self.decider = build_decider(settings)
+        self.snapshot = load_snapshot(settings, self.rules)
         self.log = decision_log or DecisionLog()
         self.history = history or send_history(self.log)
         self.on_reload = on_reload
@@ -86,23 +90,34 @@ class Runtime:
 
     def serve(self, request: DecideRequest) -> dict:
         """Decide a batch, log it whole, and record its sends; raises with nothing logged."""
-        decider = self.decider  # one snapshot for the whole batch, even if a reload lands
+        snapshot = self.snapshot  # one snapshot for the whole batch, even if a reload lands
+        context = request.context
         batch_id = uuid.uuid4().hex
-        now = request.context.now or datetime.now(UTC)
-        decisions = decider.decide(request, batch_id, self.history, now)
-        self.log.append(batch_id, now, request.context.campaign, decisions)
-        if not request.context.transactional:  # a no-op where the log is the history
-            sent = [d["customer_id"] for d in decisions if d["send"]]
-            self.history.record_sends(sent, now, request.context.campaign)
-        return {"batch_id": batch_id, "logged": True, "decisions": decisions}
+        now = context.now or datetime.now(UTC)
+        recipients = pl.DataFrame(
+            [(r.customer_id, r.timezone, r.opted_out) for r in request.recipients],
+            schema={"customer_id": pl.String, "timezone": pl.String, "opted_out": pl.Boolean},
+            orient="row",
+        )
+        sent = None
+        windows = self.rules.caps.windows()
+        if not context.transactional and windows:
+            since = now - timedelta(days=windows[-1])
+            sent = self.history.sends(recipients["customer_id"].to_list(), since, context.campaign)
+        decisions = decide(snapshot, recipients, context, self.rules, now, sent, batch_id)
+        self.log.append(batch_id, now, decisions)
+        if not context.transactional:  # a no-op where the log is the history
+            sending = decisions.filter("send")["customer_id"].to_list()
+            self.history.record_sends(sending, now, context.campaign)
+        return {"batch_id": batch_id, "logged": True, "decisions": decisions.to_dicts()}
 
     def reload_if_promoted(self) -> bool:
-        """Swap in a new decider if any champion alias moved since the last look."""
+        """Swap in a new snapshot if any champion alias moved since the last look."""
         versions = champion_versions()
         if versions == self.versions:
             return False
-        log.info("champions moved %s -> %s; rebuilding the decider", self.versions, versions)
-        self.decider = build_decider(self.settings)
+        log.info("champions moved %s -> %s; rebuilding the snapshot", self.versions, versions)
+        self.snapshot = load_snapshot(self.settings, self.rules)
         self.versions = versions
         self.on_reload()
         return True

@@ -10,14 +10,15 @@ Reports and later training read outcomes' randomisation from here, never from se
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
+import polars as pl
 import sqlalchemy as sa
 
+from .files import lists_as_json
 from .settings import home
 
 metadata = sa.MetaData()
@@ -56,22 +57,59 @@ decisions = sa.Table(
     sa.Column("batch_id", sa.String(64), nullable=False, index=True),
     sa.Column("customer_id", sa.String(128), nullable=False),
     sa.Column("campaign", sa.String(128), nullable=False),
+    sa.Column("trigger", sa.String(128)),
     sa.Column("decided_at", UTCDateTime, nullable=False),
     sa.Column("transactional", sa.Boolean, nullable=False),
+    sa.Column("segment", sa.String(32), nullable=False),
     sa.Column("send", sa.Boolean, nullable=False),
     sa.Column("holdout", sa.Boolean, nullable=False),
+    sa.Column("holdout_kind", sa.String(16)),
     sa.Column("probability", sa.Float, nullable=False),
-    sa.Column("segment", sa.String(32), nullable=False),
     sa.Column("offer", sa.String(64), nullable=False),
     sa.Column("offer_value", sa.Float, nullable=False),
-    sa.Column("send_at", UTCDateTime),
     sa.Column("products", sa.Text, nullable=False),  # JSON array
+    sa.Column("cross_sell", sa.Text),  # JSON array
+    sa.Column("send_at", UTCDateTime),
+    sa.Column("best_hours", sa.Text),  # JSON array
+    sa.Column("purchase_propensity", sa.Float),
     sa.Column("reasons", sa.Text, nullable=False),  # JSON array
     sa.Column("model_versions", sa.String(256), nullable=False),
     sa.Index("ix_decisions_customer_time", "customer_id", "decided_at"),
+    sa.Index("ix_decisions_time", "decided_at"),
 )
 
 COLUMNS = [c.name for c in decisions.columns]
+MAX_QUERIED_IDS = 10_000  # beyond this many recipients, sends are filtered after one scan
+LISTS = {
+    "products": pl.String,
+    "cross_sell": pl.String,
+    "best_hours": pl.Int64,
+    "reasons": pl.String,
+}
+# the export's columns (DESIGN: Decision log), then what else the log keeps
+EXPORT_COLUMNS = (
+    "decision_id",
+    "batch_id",
+    "decided_at",
+    "customer_id",
+    "campaign",
+    "trigger",
+    "segment",
+    "send",
+    "holdout",
+    "holdout_kind",
+    "probability",
+    "offer",
+    "products",
+    "cross_sell",
+    "send_at",
+    "reasons",
+    "model_versions",
+    "transactional",
+    "offer_value",
+    "best_hours",
+    "purchase_propensity",
+)
 
 
 def log_url() -> str:
@@ -95,8 +133,17 @@ def _sqlite_pragmas(connection, _record) -> None:
     cursor.close()
 
 
+def _polars_type(column: sa.Column) -> pl.DataType:
+    if isinstance(column.type, UTCDateTime):
+        return pl.Datetime("us", "UTC")
+    return {bool: pl.Boolean, float: pl.Float64, int: pl.Int64}.get(
+        column.type.python_type, pl.String
+    )
+
+
 class DecisionLog:
-    """Append-only log of served decisions, and the send history frequency caps read."""
+    """Append-only log of served and exported decisions, and the send history frequency
+    caps read."""
 
     def __init__(self, url: str | None = None):
         self.url = url or log_url()
@@ -106,21 +153,28 @@ class DecisionLog:
                 Path(self.engine.url.database).parent.mkdir(parents=True, exist_ok=True)
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         metadata.create_all(self.engine, checkfirst=True)
+        self._add_new_columns()
 
-    def append(self, batch_id: str, decided_at: datetime, campaign: str, rows: Sequence[dict]):
-        """Log one batch whole (one transaction) or raise with nothing logged."""
-        records = [
-            {
-                **{name: row.get(name) for name in COLUMNS},
-                "batch_id": batch_id,
-                "campaign": campaign,
-                "decided_at": decided_at,
-                "products": json.dumps(row["products"]),
-                "reasons": json.dumps(row["reasons"]),
-            }
-            for row in rows
-        ]
-        versions = rows[0]["model_versions"] if rows else ""
+    def _add_new_columns(self) -> None:
+        """A log written by an earlier version gains the columns added since (nullable)."""
+        present = {c["name"] for c in sa.inspect(self.engine).get_columns("decisions")}
+        with self.engine.begin() as connection:
+            for column in decisions.columns:
+                if column.name not in present:
+                    kind = column.type.compile(dialect=self.engine.dialect)
+                    connection.execute(
+                        sa.text(f'ALTER TABLE decisions ADD COLUMN "{column.name}" {kind}')
+                    )
+
+    def append(self, batch_id: str, decided_at: datetime, rows: pl.DataFrame) -> None:
+        """Log one batch of decisions (`sendwise.policy.decide.DECISION_COLUMNS`) whole, in
+        one transaction, or raise with nothing logged."""
+        frame = lists_as_json(rows.select(c for c in COLUMNS if c in rows.columns))
+        records = frame.with_columns(
+            batch_id=pl.lit(batch_id), decided_at=pl.lit(decided_at)
+        ).to_dicts()
+        versions = rows["model_versions"][0] if len(rows) else ""
+        campaign = rows["campaign"][0] if len(rows) else ""
         with self.engine.begin() as connection:
             connection.execute(
                 batches.insert(),
@@ -136,17 +190,14 @@ class DecisionLog:
                 connection.execute(decisions.insert(), records)
 
     def sends(
-        self, customer_ids: Iterable[str], since: datetime, campaign: str
-    ) -> dict[str, list[datetime]]:
-        """Per customer, when each other campaign first sent to them since `since` (a campaign
-        asked about again counts once, and the current one not at all)."""
-        ids = list(set(customer_ids))
-        if not ids:
-            return {}
+        self, customer_ids: Iterable[str] | None, since: datetime, campaign: str
+    ) -> pl.DataFrame:
+        """`customer_id`, `sent_at`: when each other campaign first sent to each customer
+        since `since` (a campaign asked about again counts once, the current one not at
+        all); every customer's when `customer_ids` is None."""
         query = (
             sa.select(decisions.c.customer_id, sa.func.min(decisions.c.decided_at))
             .where(
-                decisions.c.customer_id.in_(sa.bindparam("ids", expanding=True)),
                 decisions.c.send,
                 decisions.c.decided_at >= since,
                 decisions.c.campaign != campaign,
@@ -154,14 +205,42 @@ class DecisionLog:
             )
             .group_by(decisions.c.customer_id, decisions.c.campaign)
         )
-        found: dict[str, list[datetime]] = {}
+        ids = None if customer_ids is None else list(set(customer_ids))
+        by_query = ids is not None and len(ids) <= MAX_QUERIED_IDS
+        if by_query:
+            query = query.where(decisions.c.customer_id.in_(sa.bindparam("ids", expanding=True)))
         with self.engine.connect() as connection:
-            for customer, at in connection.execute(query, {"ids": ids}):
-                found.setdefault(customer, []).append(at)
-        return found
+            found = connection.execute(query, {"ids": ids} if by_query else {}).all()
+        schema = {"customer_id": pl.String, "sent_at": pl.Datetime("us", "UTC")}
+        frame = pl.DataFrame(found, schema=schema, orient="row")
+        if ids is not None and not by_query:  # a whole shop: one scan beats a huge IN list
+            frame = frame.filter(
+                pl.col("customer_id").is_in(pl.Series(ids, dtype=pl.String).implode())
+            )
+        return frame
 
     def record_sends(self, customer_ids: Iterable[str], at: datetime, campaign: str) -> None:
         """Nothing to do: the log itself is the send history."""
+
+    def read(self, since: datetime | None = None, campaign: str | None = None) -> pl.DataFrame:
+        """The logged decisions (`EXPORT_COLUMNS`), oldest first; lists as lists."""
+        query = sa.select(*(decisions.c[c] for c in EXPORT_COLUMNS))
+        if since is not None:
+            query = query.where(decisions.c.decided_at >= since)
+        if campaign is not None:
+            query = query.where(decisions.c.campaign == campaign)
+        with self.engine.connect() as connection:
+            found = connection.execute(query).all()
+        types = {c.name: _polars_type(c) for c in decisions.columns}
+        frame = pl.DataFrame(found, schema={c: types[c] for c in EXPORT_COLUMNS}, orient="row")
+        return frame.with_columns(
+            pl.col(name).str.json_decode(pl.List(inner)) for name, inner in LISTS.items()
+        ).sort(
+            "decided_at",
+            "batch_id",
+            pl.col("decision_id").str.extract(r"(\d+)$").cast(pl.Int64),
+            maintain_order=True,
+        )
 
     def batch_sizes(self) -> dict[str, tuple[int, int]]:
         """Per logged batch: (declared size, decisions present), for audits of wholeness."""

@@ -50,22 +50,34 @@ def atomic_path(target: str | Path, directory: bool = False) -> Iterator[Path]:
 
 
 def write_frame(frame: pl.DataFrame, path: str | Path) -> Path:
-    """Write a table as Parquet or CSV (by the file's suffix), atomically.
+    """Write a table as Parquet or CSV (by the file's suffix), atomically."""
+    path = frame_path(path)
+    with atomic_path(path) as staging:
+        write_frame_to(frame, staging, path.suffix)
+    return path
 
-    Lists (e.g. `products`) stay lists in Parquet; CSV has no lists, so they are written as
-    JSON arrays.
-    """
+
+def frame_path(path: str | Path) -> Path:
+    """`path` if it names a table file we write, else a one-line error."""
     path = Path(path)
     if path.suffix not in FRAME_SUFFIXES:
         raise SendwiseError(f"{path}: output must end in .parquet or .csv")
-    with atomic_path(path) as staging:
-        if path.suffix == ".parquet":
-            frame.write_parquet(staging)
-        else:
-            lists = [n for n, d in frame.schema.items() if isinstance(d, pl.List)]
-            as_json = [
-                pl.struct(name).struct.json_encode().str.extract(r"^\{.*?:(.*)\}$").alias(name)
-                for name in lists
-            ]
-            frame.with_columns(as_json).write_csv(staging)
     return path
+
+
+def write_frame_to(frame: pl.DataFrame, staging: Path, suffix: str) -> None:
+    """Write `frame` to `staging` in the format of `suffix`. Lists (e.g. `products`) stay
+    lists in Parquet; CSV has no lists, so they are written as JSON arrays."""
+    if suffix == ".parquet":
+        frame.write_parquet(staging)
+    else:
+        lists_as_json(frame).write_csv(staging)
+
+
+def lists_as_json(frame: pl.DataFrame) -> pl.DataFrame:
+    """Every list column as the text of a JSON array."""
+    lists = [n for n, d in frame.schema.items() if isinstance(d, pl.List)]
+    return frame.with_columns(
+        pl.struct(name).struct.json_encode().str.extract(r"^\{.*?:(.*)\}$").alias(name)
+        for name in lists
+    )

@@ -12,13 +12,15 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
+import polars as pl
+
 from .decisions import DecisionLog
 
 
 class SendHistory(Protocol):
     def sends(
-        self, customer_ids: Iterable[str], since: datetime, campaign: str
-    ) -> dict[str, list[datetime]]: ...
+        self, customer_ids: Iterable[str] | None, since: datetime, campaign: str
+    ) -> pl.DataFrame: ...
 
     def record_sends(self, customer_ids: Iterable[str], at: datetime, campaign: str) -> None: ...
 
@@ -34,23 +36,20 @@ class RedisSends:
         self.redis = redis.Redis.from_url(url)
         self.keep = keep
 
-    def sends(
-        self, customer_ids: Iterable[str], since: datetime, campaign: str
-    ) -> dict[str, list[datetime]]:
+    def sends(self, customer_ids: Iterable[str], since: datetime, campaign: str) -> pl.DataFrame:
+        """`customer_id`, `sent_at` of the recipients' sends of other campaigns since `since`."""
         ids = list(dict.fromkeys(customer_ids))
         pipe = self.redis.pipeline(transaction=False)
         for customer in ids:
             pipe.zrangebyscore(self.PREFIX + customer, since.timestamp(), "+inf", withscores=True)
-        found = {}
-        for customer, entries in zip(ids, pipe.execute(), strict=True):
-            times = [
-                datetime.fromtimestamp(score, UTC)
-                for member, score in entries
-                if member.decode() != campaign
-            ]
-            if times:
-                found[customer] = times
-        return found
+        found = [
+            (customer, datetime.fromtimestamp(score, UTC))
+            for customer, entries in zip(ids, pipe.execute(), strict=True)
+            for member, score in entries
+            if member.decode() != campaign
+        ]
+        schema = {"customer_id": pl.String, "sent_at": pl.Datetime("us", "UTC")}
+        return pl.DataFrame(found, schema=schema, orient="row")
 
     def record_sends(self, customer_ids: Iterable[str], at: datetime, campaign: str) -> None:
         pipe = self.redis.pipeline(transaction=False)

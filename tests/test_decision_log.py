@@ -3,8 +3,10 @@ whole or absent, and the send history frequency caps read comes back right."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
+import polars as pl
 import pytest
 import sqlalchemy as sa
 
@@ -14,10 +16,19 @@ POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 T0 = datetime(2026, 6, 1, 9, tzinfo=UTC)
 
 
+def batch(campaign: str, *rows: dict) -> pl.DataFrame:
+    return pl.DataFrame([{**row, "campaign": campaign} for row in rows])
+
+
 def decision(i: int, customer: str, send: bool = True, transactional: bool = False) -> dict:
     return {
         "decision_id": f"d{i}",
         "customer_id": customer,
+        "trigger": None,
+        "holdout_kind": None if send else "global",
+        "cross_sell": ["p9"],
+        "best_hours": [9, 10, 11],
+        "purchase_propensity": 0.5,
         "segment": "active",
         "send": send,
         "holdout": not send,
@@ -53,25 +64,42 @@ def log(request, tmp_path, monkeypatch):
 
 
 def test_batches_are_logged_whole_or_not_at_all(log):
-    log.append("b1", T0, "june", [decision(1, "a"), decision(2, "b", send=False)])
+    log.append("b1", T0, batch("june", decision(1, "a"), decision(2, "b", send=False)))
     assert log.ping()
     # a batch that fails half way (a repeated decision id) leaves nothing behind
     with pytest.raises(sa.exc.IntegrityError):
-        log.append("b2", T0, "june", [decision(3, "c"), decision(1, "a")])
+        log.append("b2", T0, batch("june", decision(3, "c"), decision(1, "a")))
     assert log.batch_sizes() == {"b1": (2, 2)}
     assert log.count() == 2
     with log.engine.connect() as connection:
         row = connection.execute(sa.text("SELECT send_at, products FROM decisions WHERE decision_id = 'd1'")).one()  # fmt: skip
-    assert row.products == '["p1", "p2"]'
+    assert json.loads(row.products) == ["p1", "p2"]
 
 
 def test_send_history_counts_each_other_campaign_once(log):
-    log.append("b1", T0, "c1", [decision(1, "a"), decision(2, "b", send=False)])
-    log.append("b2", T0 + timedelta(hours=1), "c1", [decision(3, "a")])  # asked again
-    log.append("b3", T0 + timedelta(days=1), "c2", [decision(4, "a")])
-    log.append("b4", T0 + timedelta(days=1), "receipt", [decision(5, "a", transactional=True)])
-    log.append("b5", T0 - timedelta(days=30), "old", [decision(6, "a")])
+    log.append("b1", T0, batch("c1", decision(1, "a"), decision(2, "b", send=False)))
+    log.append("b2", T0 + timedelta(hours=1), batch("c1", decision(3, "a")))  # asked again
+    log.append("b3", T0 + timedelta(days=1), batch("c2", decision(4, "a")))
+    log.append("b4", T0 + timedelta(days=1), batch("receipt", decision(5, "a", transactional=True)))
+    log.append("b5", T0 - timedelta(days=30), batch("old", decision(6, "a")))
     sends = log.sends(["a", "b", "z"], T0 - timedelta(days=7), campaign="c3")
-    assert sorted(sends["a"]) == [T0, T0 + timedelta(days=1)]
-    assert set(sends) == {"a"}  # b was held out, z never sent to
-    assert len(log.sends(["a"], T0 - timedelta(days=7), campaign="c2")["a"]) == 1  # not itself
+    assert sorted(sends.filter(pl.col("customer_id") == "a")["sent_at"]) == [T0, T0 + timedelta(days=1)]
+    assert set(sends["customer_id"]) == {"a"}  # b was held out, z never sent to
+    assert len(log.sends(["a"], T0 - timedelta(days=7), campaign="c2")) == 1  # not itself
+    # a whole shop's recipients: one scan, the same answer
+    many = [f"x{i}" for i in range(20_000)] + ["a"]
+    assert log.sends(many, T0 - timedelta(days=7), campaign="c3").sort("sent_at").equals(sends.sort("sent_at"))
+
+
+def test_export_reads_back_what_was_logged_with_lists_and_filters(log):
+    log.append("b1", T0, batch("c1", decision(1, "a"), decision(2, "b", send=False)))
+    log.append("b2", T0 + timedelta(days=2), batch("c2", decision(3, "a")))
+    everything = log.read()
+    assert everything["decision_id"].to_list() == ["d1", "d2", "d3"]
+    first = everything.row(0, named=True)
+    assert first["products"] == ["p1", "p2"] and first["cross_sell"] == ["p9"]
+    assert first["best_hours"] == [9, 10, 11] and first["reasons"] == ["segment_active"]
+    assert first["send_at"] == T0 + timedelta(hours=3) and first["decided_at"] == T0
+    assert everything.row(1, named=True)["holdout_kind"] == "global"
+    assert log.read(campaign="c2")["decision_id"].to_list() == ["d3"]
+    assert log.read(since=T0 + timedelta(days=1))["decision_id"].to_list() == ["d3"]
