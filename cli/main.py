@@ -45,7 +45,7 @@ app.add_typer(report_app, name="report")
 app.add_typer(features_app, name="features")
 
 console = Console(stderr=True)
-out = Console()
+out = Console(soft_wrap=True)  # a line a message, even in a narrow terminal or a pipe
 
 ShopDir = Annotated[Path, typer.Option("--shop", help="Shop directory (Parquet or CSV tables).")]
 AsOf = Annotated[
