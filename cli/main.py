@@ -225,7 +225,7 @@ def train_command(
     from a randomised experiment (a file, or the shop's latest campaign) and validates on a
     held-out 30%. `all` trains the offer model too when the shop has assignments.
     """
-    from sendwise.training.train import MODELS, train
+    from sendwise.training.train import Skipped, train, train_all
 
     experiment_args = (
         experiment,
@@ -244,14 +244,22 @@ def train_command(
     if shop is None or as_of is None:
         raise SendwiseError(f"train {task.value} needs --shop and --as-of")
     cutoff, data = parse_as_of(as_of), read_shop(shop)
-    for name in MODELS if task is Task.all else [task.value]:
-        with console.status(f"Training {name}..."):
-            result = train(name, data, cutoff, horizon_days)
-        shown = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items() if k != "customers")
-        out.print(
-            f"{result.registered.name} v{result.registered.version} is the challenger "
-            f"(validation on the {horizon_days} days before the cut-off: {shown})"
-        )
+    with console.status(f"Training {task.value}...") as status:
+        if task is Task.all:
+            outcomes = train_all(
+                data, cutoff, horizon_days, lambda name: status.update(f"Training {name}...")
+            )
+        else:
+            outcomes = [train(task.value, data, cutoff, horizon_days)]
+        for result in outcomes:
+            if isinstance(result, Skipped):
+                out.print(str(result), markup=False)
+                continue
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items() if k != "customers")
+            out.print(
+                f"{result.registered.name} v{result.registered.version} is the challenger "
+                f"(validation on the {horizon_days} days before the cut-off: {shown})"
+            )
     if task is Task.all and "assignments" in data.present:
         _train_offer(experiment_args)
 

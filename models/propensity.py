@@ -73,7 +73,8 @@ class PurchasePropensity(Settings):
         """Learn from X (numeric feature columns) and y (bought or not).
 
         `calibration` marks the rows (the latest cut-off) that fit the probability map out of
-        time; the booster is then refitted on every row. Without it, scores are used as is.
+        time; the booster is then refitted on every row. Without it (or when those rows hold
+        one outcome only) the booster's own probabilities are used as is.
         `eval_set` is scored (AUC, as `valid_0`) while boosting, for callbacks such as pruning.
         """
         y = np.asarray(y, dtype=np.float32)
@@ -81,7 +82,11 @@ class PurchasePropensity(Settings):
             raise ModelFitError("purchase propensity needs both buyers and non-buyers to learn")
         self.feature_names_ = list(X.columns)
         features = matrix(X, self.feature_names_)
-        if calibration is not None and calibration.any() and (~calibration).any():
+        if (
+            calibration is not None
+            and (~calibration).any()
+            and len(np.unique(y[calibration])) == 2  # a map needs both outcomes to learn
+        ):
             early = lgb.train(
                 self._params(),
                 lgb.Dataset(features[~calibration], y[~calibration]),
@@ -129,10 +134,16 @@ class PurchasePropensity(Settings):
             sorted(zip(self.feature_names_, gain / gain.sum(), strict=True), key=lambda kv: -kv[1])
         )
 
-    def top_reasons(self, X: pl.DataFrame, k: int = 3, trees: int | None = None) -> np.ndarray:
+    def top_reasons(
+        self, X: pl.DataFrame, k: int = 3, trees: int | None = None
+    ) -> np.ma.MaskedArray:
         """(rows, k) names of the features that raise each row's score most (SHAP
-        contributions), best first; None where fewer than k raise it.
+        contributions), best first; masked (None in `tolist`, null in Polars) where fewer
+        than k raise it.
 
+        Strings under a mask, not an object array holding None: Polars types an object column
+        by its first value, so one whose first row had no reason became an Object series that
+        cannot be cast to String (it crashed scoring a million customers).
         `trees` limits the explanation to the first trees, the coarse effects: TreeSHAP costs
         grow with every tree, and for a million customers the full model takes minutes.
         """
@@ -141,9 +152,8 @@ class PurchasePropensity(Settings):
             matrix(X, self.feature_names_), pred_contrib=True, num_iteration=trees
         )[:, :-1]
         order = np.argsort(-contrib, axis=1)[:, :k]
-        names = np.array(self.feature_names_, dtype=object)[order]
-        names[np.take_along_axis(contrib, order, axis=1) <= 0] = None
-        return names
+        names = np.array(self.feature_names_, dtype=str)[order]
+        return np.ma.masked_array(names, mask=np.take_along_axis(contrib, order, axis=1) <= 0)
 
     def save(self, path: str | Path) -> None:
         check_is_fitted(self, "booster_")

@@ -16,6 +16,7 @@ import polars as pl
 
 from sendwise.features import builders
 from sendwise.features.shop import Shop
+from sendwise.models.base import ModelFitError
 from sendwise.models.baselines import BGNBD, ColumnScore
 from sendwise.models.metrics import hour_hits, propensity_metrics, ranking_metrics
 from sendwise.models.products import ProductRanker
@@ -85,6 +86,11 @@ def backtest_propensity(shop: Shop, as_of: datetime, horizon_days: int, **params
     model, train = fit_propensity(shop, as_of, horizon_days, **params)
     test = labelled(shop, [as_of], horizon_days, buyers_only=True).frame
     y = test["purchased"].to_numpy()
+    if len(np.unique(y)) < 2:  # every metric would be NaN, and NaN never loses a promotion
+        raise ModelFitError(
+            f"the {horizon_days} days after {as_of:%Y-%m-%d} need both buyers and non-buyers "
+            "to validate purchase propensity on"
+        )
     section = Section("propensity")
     section.rows["sendwise"] = propensity_metrics(y, model.predict_proba(test))
     rfm = PurchasePropensity().fit(train.select(RFM_FEATURES), train["purchased"].to_numpy())
@@ -206,7 +212,7 @@ def select_sendtime(shop: Shop, as_of: datetime, horizon_days: int) -> dict:
     for cutoff in training_cutoffs(as_of, horizon_days, PRODUCT_CUTOFFS, CUTOFF_STRIDE_DAYS):
         activity, groups = sendtime_inputs(shop, cutoff)
         judged, actual = _sendtime_target(shop, cutoff, horizon_days, groups)
-        if len(actual):
+        if len(actual) and not activity.is_empty():
             windows.append((activity, groups, judged, actual))
     if not windows:
         return {}
@@ -233,6 +239,11 @@ def backtest_sendtime(shop: Shop, as_of: datetime, horizon_days: int, **params) 
     model = fit_sendtime(shop, as_of, horizon_days, **params)
     activity, groups = sendtime_inputs(shop, as_of)
     judged, actual = _sendtime_target(shop, as_of, horizon_days, groups)
+    if not len(actual):  # every metric would be NaN, and NaN never loses a promotion
+        raise ModelFitError(
+            f"no one bought in the {horizon_days} days after {as_of:%Y-%m-%d} "
+            "to validate send times on"
+        )
     section = Section("sendtime")
     section.rows["sendwise"] = hour_hits(model.best_hours(activity, judged), actual)
     for name, baseline in (
@@ -255,10 +266,20 @@ TASKS = {
 def backtest(
     shop: Shop, as_of: datetime, horizon_days: int, tasks: list[str] | None = None, progress=None
 ) -> list[Section]:
-    """Every model and its baselines on (as_of, as_of + horizon]."""
-    sections = []
+    """Every model and its baselines on (as_of, as_of + horizon].
+
+    A task the shop cannot support (one product, no buyers in the window) is left out with a
+    warning, so the others are still judged; it fails only when none is left.
+    """
+    sections, failures = [], []
     for task in tasks or list(TASKS):
         if progress:
             progress(task)
-        sections += TASKS[task](shop, as_of, horizon_days)
+        try:
+            sections += TASKS[task](shop, as_of, horizon_days)
+        except ModelFitError as error:
+            log.warning("skipped %s: %s", task, error)
+            failures.append(error)
+    if failures and not sections:
+        raise failures[0]
     return sections

@@ -2,17 +2,25 @@
 
 The validation metrics logged with a model come from a backtest at T - H (fitted only on what
 was known then, judged on (T - H, T]); promotion compares those.
+
+A shop whose data cannot support a model (one product, no buyers to learn from) still gets
+the others: `train_all` skips that one and says why and what decisions do without it.
 """
 
 from __future__ import annotations
 
 import subprocess
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import polars as pl
+
+from sendwise.features import builders
 from sendwise.features.shop import Shop
+from sendwise.models.base import ModelFitError
 from sendwise.store import registry
 
 from .backtest import (
@@ -28,6 +36,20 @@ from .backtest import (
 )
 
 MODELS = ("propensity", "crosssell", "sendtime")
+WITHOUT = {  # what decisions do when a model could not be trained
+    "propensity": "decisions keep the current propensity champion, if any",
+    "crosssell": "decisions will use popular products",
+    "sendtime": "decisions keep the current sendtime champion, if any",
+}
+
+
+class CannotTrain(ModelFitError):
+    """The shop's data cannot support one model: `train_all` skips it, `train` alone fails."""
+
+    def __init__(self, task: str, reason: str):
+        super().__init__(f"cannot train {task}: {reason}")
+        self.task = task
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -36,6 +58,17 @@ class TrainResult:
     registered: registry.Registered
     metrics: dict[str, float]
     baselines: dict[str, dict[str, float]]
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A model `train_all` left out, why, and what decisions do without it."""
+
+    task: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"skipped {self.task}: {self.reason}; {WITHOUT[self.task]}"
 
 
 def code_version() -> str:
@@ -64,6 +97,16 @@ def _validate(task: str, shop: Shop, as_of: datetime, horizon_days: int, params:
     return metrics, baselines
 
 
+def unsupported(task: str, shop: Shop, as_of: datetime) -> str | None:
+    """Why the shop known at `as_of` cannot support `task` at all, before any fitting."""
+    if task == "crosssell":
+        products = builders.interactions(shop, as_of).select(pl.col("product_id").n_unique())
+        count = products.collect().item()
+        if count < 2:  # nothing to rank, nothing to cross-sell
+            return f"the shop has {count} product{'' if count == 1 else 's'}"
+    return None
+
+
 def train(
     task: str,
     shop: Shop,
@@ -72,7 +115,50 @@ def train(
     params: dict | None = None,
     extra_tags: dict[str, str] | None = None,
 ) -> TrainResult:
-    """Fit one model at `as_of`, log it with its validation metrics, register a challenger."""
+    """Fit one model at `as_of`, log it with its validation metrics, register a challenger.
+
+    Raises `CannotTrain` when the shop's data cannot support the model.
+    """
+    reason = unsupported(task, shop, as_of)
+    if reason:
+        raise CannotTrain(task, reason)
+    try:
+        return _fit_and_register(task, shop, as_of, horizon_days, params, extra_tags)
+    except ModelFitError as error:
+        raise CannotTrain(task, str(error)) from error
+
+
+def train_all(
+    shop: Shop,
+    as_of: datetime,
+    horizon_days: int,
+    progress: Callable[[str], None] | None = None,
+) -> Iterator[TrainResult | Skipped]:
+    """Every shop model in turn, each outcome as soon as it is known: a model the shop cannot
+    support is skipped, not the end of the others. Fails only when none could be trained."""
+    trained = False
+    for task in MODELS:
+        if progress:
+            progress(task)
+        try:
+            result = train(task, shop, as_of, horizon_days)
+        except CannotTrain as error:
+            yield Skipped(task, error.reason)
+            continue
+        trained = True
+        yield result
+    if not trained:
+        raise ModelFitError("no model could be trained on this shop")
+
+
+def _fit_and_register(
+    task: str,
+    shop: Shop,
+    as_of: datetime,
+    horizon_days: int,
+    params: dict | None,
+    extra_tags: dict[str, str] | None,
+) -> TrainResult:
     params = dict(params or {})
     if task == "sendtime" and not params:
         params = select_sendtime(shop, as_of, horizon_days)
