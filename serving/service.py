@@ -3,29 +3,46 @@ around `Runtime`, behind API keys and a request-size limit.
 
 Started by `sendwise serve`, which passes its settings to the workers through the environment
 (`SENDWISE_SHOP`, `SENDWISE_API_KEYS`, ...). Health: `/livez`, `/readyz`; Prometheus: `/metrics`;
-OpenAPI: `/docs.json`, browsable at `/`.
+OpenAPI: `/docs.json`, browsable at `/` from this server alone.
+
+A client error (400, 401, 413, 415) is answered by `Guard` and logged as one line: status,
+method, path and the fields at fault, never a request value, never a traceback.
 """
 
 from __future__ import annotations
 
+import functools
 import hmac
-import json
+import inspect
+import logging
 import os
 from collections import Counter
-from typing import Annotated
+from collections.abc import Mapping
 
 import bentoml
 from prometheus_client import Counter as PrometheusCounter
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import HTMLResponse, JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .decide import MAX_RECIPIENTS, Context, DecideRequest, Decision, Recipient
+from sendwise import __version__
+
+from .decide import DecideRequest, Decision
 from .runtime import Runtime, ServeSettings
 
 OPEN_PATHS = ("/", "/livez", "/readyz", "/healthz", "/metrics", "/docs.json", "/schema.json")
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024  # 10,000 recipients take about 0.6 MB
+# media types BentoML would parse as a form or a pickle rather than as JSON
+NOT_JSON = (
+    "multipart/form-data",
+    "application/x-www-form-urlencoded",
+    "application/vnd.bentoml+pickle",
+)
+MAX_LOGGED_FIELDS = 10
+
+logger = logging.getLogger(__name__)
 
 
 def api_keys() -> frozenset[str]:
@@ -37,26 +54,55 @@ def insecure_dev() -> bool:
     return os.environ.get("SENDWISE_INSECURE_DEV") == "1"
 
 
-async def _refuse(send, status: int, message: str) -> None:
-    body = json.dumps({"error": message}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    if status == 401:
-        headers.append((b"www-authenticate", b'Bearer realm="sendwise"'))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+def _printable(text: str) -> str:
+    """Client-chosen text (a path, an unknown field's name) escaped onto one log line."""
+    return text.encode("unicode_escape").decode("ascii")
+
+
+def client_error(
+    scope: Scope, status: int, error: str, invalid: ValidationError | None = None
+) -> JSONResponse:
+    """A 4xx answer and its one log line. The body names the fields at fault, with pydantic's
+    message (the client's own values may appear there); the log names only the fields, since
+    ids and addresses must not reach the server log."""
+    body: dict = {"error": error}
+    at_fault = error
+    if invalid is not None:
+        problems = invalid.errors(include_url=False, include_context=False, include_input=False)
+        body["detail"] = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in problems]
+        fields = list(dict.fromkeys(".".join(map(str, e["loc"])) or "body" for e in problems))
+        more = len(fields) - MAX_LOGGED_FIELDS
+        at_fault = ", ".join(fields[:MAX_LOGGED_FIELDS]) + (f" and {more} more" if more > 0 else "")
+        body["error"] = f"{error}: {at_fault}"
+    logger.warning(
+        "%d %s %s: %s", status, scope["method"], _printable(scope["path"]), _printable(at_fault)
+    )
+    headers = {"WWW-Authenticate": 'Bearer realm="sendwise"'} if status == 401 else None
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 class Guard:
-    """ASGI middleware: an API key (`X-API-Key` or `Authorization: Bearer`) on every path but
-    health, metrics and docs, and a limit on the request body (413 beyond it)."""
+    """ASGI middleware that answers every client error itself, as `client_error`: an API key
+    (`X-API-Key` or `Authorization: Bearer`) on every path but health, metrics and docs (401),
+    a limit on the request body (413), and a JSON body that the API's input model accepts
+    (400, 415). BentoML would answer that 400 too, but logs it with a traceback that holds the
+    request's values; here its own validation only ever sees a valid body."""
 
-    def __init__(self, app, keys: frozenset[str], max_body_bytes: int, insecure: bool = False):
+    def __init__(
+        self,
+        app: ASGIApp,
+        keys: frozenset[str],
+        max_body_bytes: int,
+        inputs: Mapping[str, type[BaseModel]],
+        insecure: bool = False,
+    ):
         if not keys and not insecure:
             raise RuntimeError("no API keys: set SENDWISE_API_KEYS, or pass --insecure-dev")
         self.app = app
         self.keys = [k.encode() for k in keys]
         self.insecure = insecure
         self.max_body_bytes = max_body_bytes
+        self.inputs = inputs
 
     def _authorised(self, headers: dict[bytes, bytes]) -> bool:
         given = headers.get(b"x-api-key")
@@ -66,19 +112,20 @@ class Guard:
         # compare against every key, in constant time each
         return given is not None and any([hmac.compare_digest(given, k) for k in self.keys])
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path = scope["path"]
+        headers = dict(scope["headers"])
         guarded = not (self.insecure or path in OPEN_PATHS or path.startswith("/static_content"))
-        if guarded and not self._authorised(dict(scope["headers"])):
-            return await _refuse(
-                send, 401, "missing or unknown API key: send X-API-Key or Authorization: Bearer"
-            )
-        declared = dict(scope["headers"]).get(b"content-length")
+        if guarded and not self._authorised(headers):
+            message = "missing or unknown API key: send X-API-Key or Authorization: Bearer"
+            return await client_error(scope, 401, message)(scope, receive, send)
+        declared = headers.get(b"content-length")
         limit = self.max_body_bytes
+        too_big = f"request body over the limit of {limit:,} bytes"
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            return await _refuse(send, 413, f"request body over the limit of {limit:,} bytes")
+            return await client_error(scope, 413, too_big)(scope, receive, send)
         # a chunked body is counted as it arrives, and buffered so it can be refused whole
         chunks, size = [], 0
         more = scope["method"] in ("POST", "PUT", "PATCH")
@@ -89,9 +136,20 @@ class Guard:
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             if size > limit:
-                return await _refuse(send, 413, f"request body over the limit of {limit:,} bytes")
+                return await client_error(scope, 413, too_big)(scope, receive, send)
             more = message.get("more_body", False)
         body = b"".join(chunks)
+        model = self.inputs.get(path) if scope["method"] == "POST" else None
+        if model is not None:
+            media_type = headers.get(b"content-type", b"").split(b";")[0].strip().decode("latin-1")
+            if media_type in NOT_JSON:
+                message = "send the body as application/json"
+                return await client_error(scope, 415, message)(scope, receive, send)
+            try:
+                model.model_validate_json(body or b"{}")  # as BentoML reads an empty body
+            except ValidationError as invalid:
+                error = client_error(scope, 400, "invalid request body", invalid)
+                return await error(scope, receive, send)
         replayed = False
 
         async def replay():
@@ -119,36 +177,42 @@ model_reloads = PrometheusCounter(
     name="sendwise_model_reloads", documentation="Champion changes picked up without a restart"
 )
 
-per_recipient = Starlette()
 
-RecipientList = Annotated[
-    list[Recipient],
-    Field(
-        min_length=1,
-        max_length=MAX_RECIPIENTS,
-        examples=[[{"customer_id": "17850"}, {"customer_id": "c42", "timezone": "Europe/Berlin"}]],
-    ),
-]
-RequestContext = Annotated[
-    Context,
-    Field(
-        examples=[
-            {
-                "campaign": "june-sale",
-                "offers": ["none", "free_shipping"],
-                "window_start": "2026-06-01T08:00:00Z",
-                "window_end": "2026-06-02T20:00:00Z",
+# the body is a `DecideRequest` itself (a positional-only parameter below), so its rules hold
+# at the top level too: unknown fields are refused there as they are in a recipient
+class DecideBody(DecideRequest, bentoml.IODescriptor):
+    """Recipients, in order, and what the request says about the send; unknown fields are
+    refused."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "recipients": [
+                    {"customer_id": "17850"},
+                    {"customer_id": "c42", "timezone": "Europe/Berlin"},
+                ],
+                "context": {
+                    "campaign": "june-sale",
+                    "offers": ["none", "free_shipping"],
+                    "window_start": "2026-06-01T08:00:00Z",
+                    "window_end": "2026-06-02T20:00:00Z",
+                },
             }
-        ]
-    ),
-]
-CONTEXT_DEFAULT = Context()
+        }
+    )
+
+
+per_recipient = Starlette()
+docs = Starlette()
 
 
 @bentoml.service(name="sendwise", traffic={"timeout": 120}, http={"host": "127.0.0.1"})
 @bentoml.asgi_app(per_recipient, path="/connected")
+@bentoml.asgi_app(docs, path="/")
 class Sendwise:
-    """Decisions for an ESP: which offer, which products, when to send, and who is held out."""
+    """Decisions for an ESP: which offer, which products, when to send, and who is held out.
+    Every path but health, metrics and docs needs an API key: `X-API-Key` or
+    `Authorization: Bearer`."""
 
     def __init__(self) -> None:
         self.runtime = Runtime(ServeSettings.from_env(), on_reload=model_reloads.inc)
@@ -167,11 +231,8 @@ class Sendwise:
         return answer
 
     @bentoml.api(route="/decide")
-    async def decide(
-        self, recipients: RecipientList, context: RequestContext = CONTEXT_DEFAULT
-    ) -> DecideResponse:
+    async def decide(self, request: DecideBody, /) -> DecideResponse:
         """Decisions for 1 to 10,000 recipients, in order; the batch is logged whole first."""
-        request = DecideRequest.model_construct(recipients=recipients, context=context)
         return DecideResponse.model_construct(**self._serve(request))
 
     def recipient(self, customer_id: str, query: dict[str, str]) -> dict:
@@ -194,17 +255,62 @@ async def _recipient_route(request: Request) -> JSONResponse:
     try:
         query = dict(request.query_params)
         body = service.recipient(query.pop("customer_id", ""), query)
-    except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-        return JSONResponse({"error": problems}, status_code=400)
+    except ValidationError as invalid:
+        return client_error(request.scope, 400, "invalid query", invalid)
     return JSONResponse(body)
 
 
 per_recipient.add_route("/decide", _recipient_route, methods=["GET"])
 
+# BentoML's own page loads Google Tag Manager, and its spec's description (BentoML's README)
+# shows badges from four other hosts; this page and spec load from this server alone.
+DOCS_PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+  <meta charset="utf-8">
+  <title>sendwise API</title>
+  <link rel="stylesheet" href="./static_content/swagger-ui.css">
+  <link rel="icon" type="image/png" href="./static_content/favicon-light-32x32.png">
+</head>
+<body>
+  <div id="swagger-ui"></div>
+  <script src="./static_content/swagger-ui-bundle.js"></script>
+  <script>SwaggerUIBundle({url: "./docs.json", dom_id: "#swagger-ui", validatorUrl: null});</script>
+</body>
+</html>
+"""
+# the browser refuses anything from elsewhere, should a later spec or bundle ask for it
+SAME_ORIGIN = (
+    "default-src 'self'; img-src 'self' data:; "
+    "style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'"
+)
+
+
+async def _docs_page(_: Request) -> HTMLResponse:
+    return HTMLResponse(DOCS_PAGE, headers={"Content-Security-Policy": SAME_ORIGIN})
+
+
+@functools.cache
+def openapi() -> dict:
+    """BentoML's spec with sendwise's own title, version and description (BentoML knows a
+    version only for a built bento, and describes itself)."""
+    spec = Sendwise.openapi_spec.asdict()
+    description = inspect.cleandoc(Sendwise.inner.__doc__)
+    spec["info"] = {"title": "sendwise", "version": __version__, "description": description}
+    return spec
+
+
+async def _openapi_route(_: Request) -> JSONResponse:
+    return JSONResponse(openapi())
+
+
+docs.add_route("/", _docs_page, methods=["GET"])
+docs.add_route("/docs.json", _openapi_route, methods=["GET"])
+
 Sendwise.add_asgi_middleware(
     Guard,
     keys=api_keys(),
     max_body_bytes=int(os.environ.get("SENDWISE_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)),
+    inputs={api.route: api.input_spec for api in Sendwise.apis.values()},
     insecure=insecure_dev(),
 )
