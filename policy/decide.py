@@ -401,7 +401,8 @@ def schedule(
     """`send_at` for who is sent: see `send_times`."""
     timing = settings.send_time
     start = max(now, context.window_start or now)
-    end = context.window_end or start + timedelta(days=timing.window_days)
+    # without a named end, the window is whole hours, so requests within an hour share tables
+    end = context.window_end or _next_hour(start) + timedelta(days=timing.window_days)
     quiet = (
         timing.quiet_start if context.quiet_start is None else context.quiet_start,
         timing.quiet_end if context.quiet_end is None else context.quiet_end,
@@ -430,9 +431,7 @@ def send_times(
     """Per row, the UTC time (µs since the epoch; -1: none) of the first of its `send_hours`
     (local, best first) that falls inside [start, end] and outside quiet hours, else of the
     fallback hour, else the first allowed hour; and whether it was a personal hour."""
-    first = start.replace(minute=0, second=0, microsecond=0)
-    if first < start:
-        first += timedelta(hours=1)
+    first = _next_hour(start)
     last = min(end, first + timedelta(hours=HORIZON_HOURS))
     zones = frame["timezone"]
     names = zones.unique(maintain_order=True)
@@ -447,6 +446,12 @@ def send_times(
     pick = np.argmax(times >= 0, axis=1)
     at = times[np.arange(len(frame)), pick]
     return at, pick < hours.shape[1]
+
+
+def _next_hour(t: datetime) -> datetime:
+    """`t` if on the hour, else the next full hour."""
+    whole = t.replace(minute=0, second=0, microsecond=0)
+    return whole if whole == t else whole + timedelta(hours=1)
 
 
 EARLIEST, EMPTY = 24, 25  # columns of a zone's table after its 24 local hours

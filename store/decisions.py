@@ -169,10 +169,8 @@ class DecisionLog:
     def append(self, batch_id: str, decided_at: datetime, rows: pl.DataFrame) -> None:
         """Log one batch of decisions (`sendwise.policy.decide.DECISION_COLUMNS`) whole, in
         one transaction, or raise with nothing logged."""
-        frame = lists_as_json(rows.select(c for c in COLUMNS if c in rows.columns))
-        records = frame.with_columns(
-            batch_id=pl.lit(batch_id), decided_at=pl.lit(decided_at)
-        ).to_dicts()
+        frame = rows.with_columns(batch_id=pl.lit(batch_id), decided_at=pl.lit(decided_at))
+        values = self._driver_values(lists_as_json(frame.select(COLUMNS)))
         versions = rows["model_versions"][0] if len(rows) else ""
         campaign = rows["campaign"][0] if len(rows) else ""
         with self.engine.begin() as connection:
@@ -186,8 +184,24 @@ class DecisionLog:
                     "model_versions": versions,
                 },
             )
-            if records:
-                connection.execute(decisions.insert(), records)
+            if values:  # one driver-level executemany: a thousand rows in a few milliseconds
+                connection.exec_driver_sql(self._insert_sql, values)
+
+    @property
+    def _insert_sql(self) -> str:
+        mark = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
+        names = ", ".join(f'"{c}"' for c in COLUMNS)
+        return f"INSERT INTO decisions ({names}) VALUES ({', '.join([mark] * len(COLUMNS))})"
+
+    def _driver_values(self, frame: pl.DataFrame) -> list[tuple]:
+        """Rows as the driver takes them, times as `UTCDateTime` stores them: naive UTC, and
+        on SQLite the text SQLAlchemy writes (comparisons there are on that text)."""
+        stamps = [n for n, d in frame.schema.items() if isinstance(d, pl.Datetime)]
+        naive = [pl.col(n).dt.convert_time_zone("UTC").dt.replace_time_zone(None) for n in stamps]
+        frame = frame.with_columns(naive)
+        if self.engine.dialect.name == "sqlite":
+            frame = frame.with_columns(pl.col(stamps).dt.strftime("%Y-%m-%d %H:%M:%S.%6f"))
+        return frame.rows()
 
     def sends(
         self, customer_ids: Iterable[str] | None, since: datetime, campaign: str
