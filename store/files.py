@@ -29,6 +29,10 @@ def atomic_path(target: str | Path, directory: bool = False) -> Iterator[Path]:
         staging = Path(name)
     try:
         yield staging
+        # mkstemp and mkdtemp make them private; the result gets the mode of a normal write
+        umask = os.umask(0)
+        os.umask(umask)
+        staging.chmod((0o777 if directory else 0o666) & ~umask)
         if directory and target.exists():
             old = target.with_name(f".{target.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -36,10 +40,6 @@ def atomic_path(target: str | Path, directory: bool = False) -> Iterator[Path]:
             staging.rename(target)
             shutil.rmtree(old, ignore_errors=True)
         else:
-            # mkstemp makes files private; the result gets the permissions of a normal write
-            umask = os.umask(0)
-            os.umask(umask)
-            staging.chmod(0o666 & ~umask)
             staging.replace(target)
     except BaseException:
         if staging.is_dir():
