@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import polars as pl
 from typer.testing import CliRunner
 
@@ -67,10 +69,34 @@ def test_import_online_retail_prints_what_was_kept_and_dropped(tmp_path):
     assert products.filter(pl.col("product_id") == "85123A")["category"].item() == "HOLDER"
 
 
-def test_demo_runs_end_to_end(tmp_path):
-    result = invoke("demo", "--customers", "500", "--workdir", str(tmp_path))
-    assert "Planted truth" in result.output
-    assert (tmp_path / "features.parquet").is_file() and (tmp_path / "labels.parquet").is_file()
+def test_demo_runs_end_to_end_logs_its_decisions_and_reads_in_80_columns(mlflow_home, monkeypatch):
+    from rich.console import Console
+
+    from sendwise.cli import main
+    from sendwise.store.decisions import DecisionLog
+
+    # the CLI's own console, 80 columns wide, printing into the runner's stdout (not a terminal)
+    monkeypatch.setattr(main, "out", Console(width=80, soft_wrap=True))
+    workdir = mlflow_home / "demo"
+    output = invoke("demo", "--customers", "500", "--workdir", str(workdir)).output
+    assert "Planted truth" in output
+    assert (workdir / "features.parquet").is_file() and (workdir / "labels.parquet").is_file()
+    # a piped run says each step as it starts, with the time since the start
+    steps = re.findall(r"^\[ *\d+\.\ds\] (\w+)", output, re.MULTILINE)
+    assert steps[0] == "Simulating" and steps.count("Training") == 3 and "Scoring" in steps
+    # scored through export_decisions: the file and the decision log hold the same batch
+    decisions = pl.read_parquet(workdir / "decisions.parquet")
+    logged = DecisionLog().read(campaign="demo")
+    assert logged["decision_id"].to_list() == decisions["decision_id"].to_list()
+    assert "Decision log" in output and "decisions.db" in output
+    # the sample: the first decision of each segment, each on one uncut line of 80 columns
+    sample = decisions.group_by("segment", maintain_order=True).head(1).head(6)
+    lines = output.splitlines()
+    for customer, segment, send_at in sample.select("customer_id", "segment", "send_at").rows():
+        line = next(line for line in lines if line.startswith(customer))
+        assert len(line) <= 80 and segment in line
+        assert (f"{send_at:%b %d %H:%M}" if send_at else "not sent") in line
+    assert "…" not in output
 
 
 def test_backtest_writes_json_beside_the_table(simulated, tmp_path):
