@@ -25,11 +25,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Annotated
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from .config import Settings
@@ -123,10 +124,17 @@ DECISION_COLUMNS = (
 )
 
 
+LISTS = ("products", "cross_sell", "best_hours")
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """Model outputs per known customer (`SNAPSHOT_SCHEMA`, plus `value_ARM` and `cost_ARM`
-    per offer arm where an offer model is champion), and the shop-wide lists."""
+    per offer arm where an offer model is champion), and the shop-wide lists.
+
+    The rules read it as numpy columns (`columns`) with one row more than there are customers:
+    the row every new customer gets (a lead, no lists, no hours), so that looking up a batch
+    is one gather, whatever its size."""
 
     frame: pl.DataFrame
     popular: list[str]
@@ -134,26 +142,111 @@ class Snapshot:
     model_versions: str
     arms: tuple[str, ...] = ()  # the offer model's arms, control first; () without one
     index: dict[str, int] = field(init=False, repr=False, compare=False)
+    columns: dict[str, np.ndarray] = field(init=False, repr=False, compare=False)
+    lists: pl.DataFrame = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        ids = self.frame["customer_id"].to_list()
+        frame, arms = self.frame, list(self.arms)
+        ids = frame["customer_id"].to_list()
+        hours = frame.select(
+            pl.col("best_hours").list.get(k, null_on_oob=True).fill_null(EMPTY).alias(f"h{k}")
+            for k in range(3)
+        ).to_numpy()
+        known = {
+            "timezone": _strings(frame["timezone"]),
+            "segment": _strings(frame["segment"].fill_null("lead")),
+            "unsubscribed": frame["unsubscribed"].fill_null(False).to_numpy(),
+            "bounces": frame["bounces"].fill_null(0).to_numpy(),
+            "purchase_propensity": frame["purchase_propensity"].cast(pl.Float64).to_numpy(),
+            "propensity_reason": _strings(frame["propensity_reason"]),
+            "has_products": frame["products"].is_not_null().to_numpy(),
+            "hours": hours.reshape(len(frame), 3).astype(np.int64),
+            "values": frame.select(pl.col(f"value_{a}").fill_null(0.0) for a in arms)
+            .to_numpy()
+            .reshape(len(frame), len(arms)),
+            "costs": frame.select(pl.col(f"cost_{a}").fill_null(0.0) for a in arms)
+            .to_numpy()
+            .reshape(len(frame), len(arms)),
+        }
+        new = {
+            "timezone": "",
+            "segment": "lead",
+            "unsubscribed": False,
+            "bounces": 0,
+            "purchase_propensity": np.nan,
+            "propensity_reason": "",
+            "has_products": False,
+            "hours": [EMPTY] * 3,
+            "values": [0.0] * len(arms),
+            "costs": [0.0] * len(arms),
+        }
+        columns = {
+            name: np.concatenate([values, np.array([new[name]], dtype=values.dtype)])
+            if values.ndim == 2
+            else np.append(values, np.array(new[name], dtype=values.dtype))
+            for name, values in known.items()
+        }
+        # filled once here: new customers and those without personal lists get the shop's
+        lists = frame.select(
+            pl.col("products").fill_null(pl.lit(self.popular, pl.List(pl.String))),
+            pl.col("cross_sell").fill_null(pl.lit(self.trending, pl.List(pl.String))),
+            pl.col("best_hours").fill_null(pl.lit([], pl.List(pl.Int64))),
+        )
+        new_customer = pl.DataFrame(
+            {"products": [self.popular], "cross_sell": [self.trending], "best_hours": [[]]},
+            schema=lists.schema,
+        )
         object.__setattr__(self, "index", dict(zip(ids, range(len(ids)), strict=True)))
+        object.__setattr__(self, "columns", columns)
+        object.__setattr__(self, "lists", pl.concat([lists, new_customer]))
 
     def __len__(self) -> int:
         return len(self.index)
 
-    def rows(self, customer_ids: list[str]) -> pl.DataFrame:
-        """The snapshot row of each id in order, `known` false (and nulls) for new ones."""
-        at = [self.index.get(c) for c in customer_ids]
-        known = pl.Series("known", [i is not None for i in at])
-        rows = self.frame[[0 if i is None else i for i in at]] if len(self) else None
-        if rows is None:
-            rows = pl.DataFrame(schema=self.frame.schema).clear(len(at))
-        return rows.with_columns(
-            pl.Series("customer_id", customer_ids, dtype=pl.String), known
-        ).with_columns(
-            pl.when("known").then(pl.col(c)).alias(c) for c in rows.columns if c != "customer_id"
+    def positions(self, customer_ids: pl.Series) -> np.ndarray:
+        """Each id's row in `columns`; `len(self)`, the new customer's row, for unknown ids."""
+        n = len(self)
+        if len(customer_ids) == n and customer_ids.equals(self.frame["customer_id"]):
+            return np.arange(n)  # a whole-shop batch
+        index = self.index
+        return np.fromiter(
+            (index.get(c, n) for c in customer_ids.to_list()), np.int64, len(customer_ids)
         )
+
+
+def _strings(column: pl.Series) -> np.ndarray:
+    """A string column as a numpy unicode array, "" for null (the rules' "none")."""
+    return column.fill_null("").to_numpy().astype(np.str_)
+
+
+@dataclass
+class Batch:
+    """One batch while the rules run: a numpy column per decision field, one row per
+    recipient in order; each rule step fills or narrows its own. Text is "" where there is
+    none, times are µs since the epoch (-1: none), reasons are kept in `REASONS` order."""
+
+    ids: pl.Series
+    at: np.ndarray  # the snapshot row (`Snapshot.positions`)
+    known: np.ndarray
+    timezone: np.ndarray
+    segment: np.ndarray
+    opted_out: np.ndarray
+    send: np.ndarray = field(init=False)
+    holdout_kind: np.ndarray = field(init=False)
+    probability: np.ndarray = field(init=False)
+    popular_products: np.ndarray = field(init=False)  # no personal lists: popular, trending
+    send_hours: np.ndarray = field(init=False)  # (rows, 3) local hours, best first; EMPTY
+    offer: np.ndarray = field(init=False)
+    offer_value: np.ndarray = field(init=False)
+    send_at: np.ndarray = field(init=False)
+    reasons: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.known)
+
+    @cached_property
+    def id_list(self) -> list[str]:
+        return self.ids.to_list()
 
 
 def decide(
@@ -169,67 +262,69 @@ def decide(
     `opted_out`), in order (`DECISION_COLUMNS`). `sent`: earlier marketing sends
     (`customer_id`, `sent_at`) of other campaigns for the frequency caps; None: no caps."""
     now = context.now or now
-    frame = recipients_known(snapshot, recipients)
-    frame = suppress(frame, context, settings)
-    frame = draw_holdouts(frame, snapshot, context, settings)
-    frame = cap_frequency(frame, context, settings, now, sent)
-    frame = choose_offers(frame, snapshot, context, settings)
-    frame = schedule(frame, context, settings, now)
-    frame = once_per_batch(frame)
-    return finish(frame, snapshot, context, batch_id)
+    batch = recipients_known(snapshot, recipients)
+    suppress(batch, snapshot, context, settings)
+    draw_holdouts(batch, snapshot, context, settings)
+    cap_frequency(batch, context, settings, now, sent)
+    choose_offers(batch, snapshot, context, settings)
+    schedule(batch, context, settings, now)
+    once_per_batch(batch)
+    return finish(batch, snapshot, context, batch_id)
 
 
-def recipients_known(snapshot: Snapshot, recipients: pl.DataFrame) -> pl.DataFrame:
-    ids = recipients["customer_id"].to_list()
-    if len(ids) == len(snapshot) and recipients["customer_id"].equals(
-        snapshot.frame["customer_id"]
-    ):
-        frame = snapshot.frame.with_columns(known=pl.lit(True))  # a whole-shop batch
-    else:
-        frame = snapshot.rows(ids)
-    zone = recipients.get_column("timezone", default=None)
+def recipients_known(snapshot: Snapshot, recipients: pl.DataFrame) -> Batch:
+    """The snapshot's row per recipient; the request's time zone before the shop's, else UTC."""
+    ids = recipients["customer_id"]
+    at = snapshot.positions(ids)
+    columns = snapshot.columns
+    timezone = columns["timezone"][at]
+    given = recipients.get_column("timezone", default=None)
+    if given is not None:
+        given = _strings(given)
+        timezone = np.where(given != "", given, timezone)
     opted_out = recipients.get_column("opted_out", default=None)
-    return frame.with_columns(
-        timezone=pl.coalesce(
-            pl.lit(zone, dtype=pl.String) if zone is not None else pl.lit(None, pl.String),
-            "timezone",
-            pl.lit("UTC"),
-        ),
-        opted_out=pl.lit(opted_out, dtype=pl.Boolean).fill_null(False)
-        if opted_out is not None
-        else pl.lit(False),
-        segment=pl.col("segment").fill_null("lead"),
-        best_hours=pl.col("best_hours").fill_null(pl.lit([], pl.List(pl.Int64))),
-        r_known=pl.when(~pl.col("known")).then(pl.lit("cold_start_unknown_customer")),
-        r_segment=pl.concat_str(pl.lit("segment_"), pl.col("segment").fill_null("lead")),
-        r_propensity=pl.concat_str(pl.lit("propensity_"), "propensity_reason"),
+    batch = Batch(
+        ids=ids,
+        at=at,
+        known=at < len(snapshot),
+        timezone=np.where(timezone != "", timezone, "UTC"),
+        segment=columns["segment"][at],
+        opted_out=np.zeros(len(ids), bool)
+        if opted_out is None
+        else opted_out.fill_null(False).to_numpy(),
     )
+    reason = columns["propensity_reason"][at]
+    batch.reasons.update(
+        r_segment=np.char.add("segment_", batch.segment),
+        r_known=np.where(batch.known, "", "cold_start_unknown_customer"),
+        r_propensity=np.where(reason != "", np.char.add("propensity_", reason), ""),
+    )
+    return batch
 
 
-def suppress(frame: pl.DataFrame, context: Context, settings: Settings) -> pl.DataFrame:
+def suppress(batch: Batch, snapshot: Snapshot, context: Context, settings: Settings) -> None:
     """`send` false, with the reason, for who gets no mail of this kind at all."""
-    unsubscribed = pl.col("unsubscribed").fill_null(False) & (not context.transactional)
-    bounced = pl.col("bounces").fill_null(0) >= settings.suppression.bounce_limit
-    reason = (
-        pl.when("opted_out")
-        .then(pl.lit("suppressed_opt_out"))
-        .when(unsubscribed)
-        .then(pl.lit("suppressed_unsubscribed"))
-        .when(bounced)
-        .then(pl.lit("suppressed_bounced"))
+    unsubscribed = snapshot.columns["unsubscribed"][batch.at] & (not context.transactional)
+    bounced = snapshot.columns["bounces"][batch.at] >= settings.suppression.bounce_limit
+    reason = _first(
+        (batch.opted_out, "suppressed_opt_out"),
+        (unsubscribed, "suppressed_unsubscribed"),
+        (bounced, "suppressed_bounced"),
     )
-    return frame.with_columns(r_suppressed=reason).with_columns(
-        send=pl.col("r_suppressed").is_null()
-    )
+    batch.reasons["r_suppressed"] = reason
+    batch.send = reason == ""
 
 
-def draw_holdouts(
-    frame: pl.DataFrame, snapshot: Snapshot, context: Context, settings: Settings
-) -> pl.DataFrame:
+def _first(*cases: tuple[np.ndarray, str]) -> np.ndarray:
+    """Per row, the text of the first case that holds; "" where none does."""
+    return np.select([held for held, _ in cases], [text for _, text in cases], default="")
+
+
+def draw_holdouts(batch: Batch, snapshot: Snapshot, context: Context, settings: Settings) -> None:
     """Global, then campaign or trigger, then one feature holdout; `probability` so far."""
     shares = settings.holdouts
-    ids = frame["customer_id"].to_list()
-    eligible = frame["send"].to_numpy() & (not context.transactional)
+    ids = batch.id_list
+    eligible = batch.send & (not context.transactional)
     group, group_share, group_salt = (
         ("trigger", settings.trigger_holdout(context.trigger), f"{context.trigger}:trigger")
         if context.trigger
@@ -238,11 +333,13 @@ def draw_holdouts(
     in_global = uniform(ids, "global-holdout") < shares.global_
     in_group = uniform(ids, f"{group_salt}-holdout") < group_share
     # feature holdouts share one draw: bands of the shares that apply to each recipient
+    has_products = snapshot.columns["has_products"][batch.at]
+    hours = snapshot.columns["hours"][batch.at]
     bands = np.column_stack(
         [
-            np.where(frame["products"].is_not_null().to_numpy(), shares.products, 0.0),
-            np.where(frame["best_hours"].list.len().to_numpy() > 0, shares.sendtime, 0.0),
-            np.where(frame["known"].to_numpy() & bool(snapshot.arms), shares.offer, 0.0),
+            np.where(has_products, shares.products, 0.0),
+            np.where(hours[:, 0] != EMPTY, shares.sendtime, 0.0),
+            np.where(batch.known & bool(snapshot.arms), shares.offer, 0.0),
         ]
     )
     edges = np.cumsum(bands, axis=1)
@@ -262,142 +359,122 @@ def draw_holdouts(
     probability *= np.where(in_global, 1.0, np.where(in_group, group_share, 1 - group_share))
     feature_p = np.where(in_feature, bands[np.arange(len(ids)), band], 1 - edges[:, -1])
     probability *= np.where(in_global | in_group, 1.0, feature_p)
-    kind = np.where(eligible, kind, "")
-    probability = np.where(eligible, probability, 1.0)
-    kind_col = pl.Series("holdout_kind", kind).replace("", None)
-    return frame.with_columns(kind_col, probability=probability).with_columns(
-        send=pl.col("send")
-        & ~pl.col("holdout_kind").is_in(["global", "campaign", "trigger"]).fill_null(False),
-        holdout=pl.col("holdout_kind").is_not_null(),
-        r_holdout=pl.concat_str(pl.lit("holdout_"), "holdout_kind"),
-        products=pl.when(pl.col("holdout_kind") == "products").then(None).otherwise("products"),
-        cross_sell=pl.when(pl.col("holdout_kind") == "products").then(None).otherwise("cross_sell"),
-        send_hours=pl.when(pl.col("holdout_kind") == "sendtime")
-        .then(pl.lit([], pl.List(pl.Int64)))
-        .otherwise("best_hours"),
+    batch.holdout_kind = np.where(eligible, kind, "")
+    batch.probability = np.where(eligible, probability, 1.0)
+    batch.send = batch.send & ~np.isin(batch.holdout_kind, ["global", "campaign", "trigger"])
+    batch.reasons["r_holdout"] = np.where(
+        batch.holdout_kind != "", np.char.add("holdout_", batch.holdout_kind), ""
     )
+    batch.popular_products = ~has_products | (batch.holdout_kind == "products")
+    batch.send_hours = np.where((batch.holdout_kind == "sendtime")[:, None], EMPTY, hours)
 
 
 def cap_frequency(
-    frame: pl.DataFrame,
+    batch: Batch,
     context: Context,
     settings: Settings,
     now: datetime,
     sent: pl.DataFrame | None,
-) -> pl.DataFrame:
+) -> None:
     """No more marketing sends than each window's cap, tightened by segment."""
     caps, windows = settings.caps, settings.caps.windows()
     if sent is None or context.transactional or not windows or sent.is_empty():
-        return frame.with_columns(r_cap=pl.lit(None, pl.String))
-    counts = (
-        sent.join(frame.select("customer_id").unique(), on="customer_id", how="semi")
-        .group_by("customer_id")
-        .agg(
-            (pl.col("sent_at") > now - timedelta(days=d)).sum().alias(f"sent_{d}") for d in windows
-        )
-    )
-    frame = frame.join(counts, on="customer_id", how="left", maintain_order="left")
-    reason = pl.lit(None, pl.String)
+        batch.reasons["r_cap"] = np.full(len(batch), "")
+        return
+    rows, sent_at = _sends_of_rows(batch, sent)
+    reason = np.full(len(batch), "", dtype=f"<U{len('freq_cap_d') + 6}")
     for days in reversed(windows):  # the shortest window that is full names the reason
-        limit = _limit(caps.per_recipient.get(days), caps.per_segment, days)
-        if limit is None:
-            continue
-        full = pl.col(f"sent_{days}").fill_null(0) >= limit
-        reason = pl.when(full).then(pl.lit(f"freq_cap_{days}d")).otherwise(reason)
-    frame = frame.with_columns(r_cap=pl.when("send").then(reason)).drop(
-        f"sent_{d}" for d in windows
-    )
-    return frame.with_columns(send=pl.col("send") & pl.col("r_cap").is_null())
+        limit = _limit(caps.per_recipient.get(days), caps.per_segment, days, batch.segment)
+        if limit is not None:
+            since = (now - timedelta(days=days)).timestamp() * 1e6
+            counts = np.bincount(rows[sent_at > since], minlength=len(batch))
+            reason = np.where(counts >= limit, f"freq_cap_{days}d", reason)
+    batch.reasons["r_cap"] = np.where(batch.send, reason, "")
+    batch.send = batch.send & (batch.reasons["r_cap"] == "")
+
+
+def _sends_of_rows(batch: Batch, sent: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """The batch row (the first, for an id repeated) and time (µs) of each earlier send to
+    one of the batch's recipients: ids matched by binary search over the sorted batch."""
+    ids = batch.ids.to_numpy().astype(np.str_)
+    order = np.argsort(ids, kind="stable")
+    ordered = ids[order]
+    sent_ids = sent["customer_id"].to_numpy().astype(np.str_)
+    place = np.minimum(np.searchsorted(ordered, sent_ids), len(ids) - 1)
+    mine = ordered[place] == sent_ids
+    sent_at = sent["sent_at"].dt.epoch("us").to_numpy()
+    return order[place[mine]], sent_at[mine]
 
 
 def _limit(
-    everyone: int | None, per_segment: dict[str, dict[int, int]], days: int
-) -> pl.Expr | None:
+    everyone: int | None, per_segment: dict[str, dict[int, int]], days: int, segment: np.ndarray
+) -> np.ndarray | None:
     """Each row's cap over `days`: the general one, tightened for its segment (None: no cap)."""
     tightened = {s: caps[days] for s, caps in per_segment.items() if days in caps}
     if everyone is None and not tightened:
         return None
-    limit = pl.lit(everyone if everyone is not None else np.iinfo(np.int64).max, pl.Int64)
-    for segment, n in tightened.items():
-        limit = (
-            pl.when(pl.col("segment") == segment).then(pl.min_horizontal(limit, n)).otherwise(limit)
-        )
+    limit = np.full(len(segment), np.iinfo(np.int64).max if everyone is None else everyone)
+    for name, n in tightened.items():
+        limit = np.where(segment == name, np.minimum(limit, n), limit)
     return limit
 
 
-def choose_offers(
-    frame: pl.DataFrame, snapshot: Snapshot, context: Context, settings: Settings
-) -> pl.DataFrame:
+def choose_offers(batch: Batch, snapshot: Snapshot, context: Context, settings: Settings) -> None:
     """`offer`, `offer_value` and the offer's reason; `probability` times the chance of it."""
     offers = settings.offers
     candidates = context.offers if context.offers is not None else offers.arms
-    rule = (
-        pl.when(~pl.col("known") | (pl.col("segment") == "lead"))
-        .then(pl.lit(offers.welcome))
-        .when(pl.col("segment") == "lapsed")
-        .then(pl.lit(offers.lapsed))
-        .otherwise(pl.lit(offers.otherwise))
+    segment = batch.segment
+    batch.offer = np.where(
+        ~batch.known | (segment == "lead"),
+        offers.welcome,
+        np.where(segment == "lapsed", offers.lapsed, offers.otherwise),
     )
-    frame = frame.with_columns(offer=rule, offer_value=pl.lit(0.0)).with_columns(
-        r_offer=pl.concat_str(pl.lit("offer_rule_"), "segment")
-    )
+    batch.offer_value = np.zeros(len(batch))
+    batch.reasons["r_offer"] = np.char.add("offer_rule_", segment)
     if snapshot.arms:
-        frame = _model_offers(frame, snapshot, context, settings, candidates)
+        _model_offers(batch, snapshot, context, settings, candidates)
+    outside = np.zeros(len(batch), bool)
     if candidates is not None:
-        allowed = [*candidates, CONTROL]
-        frame = frame.with_columns(
-            r_offer_candidate=pl.when(~pl.col("offer").is_in(allowed)).then(
-                pl.concat_str(pl.lit("offer_not_candidate_"), "offer")
-            )
-        ).with_columns(
-            offer=pl.when(pl.col("r_offer_candidate").is_null())
-            .then("offer")
-            .otherwise(pl.lit(CONTROL)),
-            offer_value=pl.when(pl.col("r_offer_candidate").is_null())
-            .then("offer_value")
-            .otherwise(0.0),
-        )
-    return frame
+        outside = ~np.isin(batch.offer, [*candidates, CONTROL])
+    batch.reasons["r_offer_candidate"] = np.where(
+        outside, np.char.add("offer_not_candidate_", batch.offer), ""
+    )
+    batch.offer = np.where(outside, CONTROL, batch.offer)
+    batch.offer_value = np.where(outside, 0.0, batch.offer_value)
 
 
 def _model_offers(
-    frame: pl.DataFrame,
+    batch: Batch,
     snapshot: Snapshot,
     context: Context,
     settings: Settings,
     candidates: list[str] | None,
-) -> pl.DataFrame:
+) -> None:
     """The offer model's arm for known customers (the rule stays for new ones)."""
-    arms = list(snapshot.arms)
-    values = frame.select(pl.col(f"value_{a}").fill_null(0.0) for a in arms).to_numpy()
-    cost = frame.select(pl.col(f"cost_{a}").fill_null(0.0) for a in arms).to_numpy()
+    arms = np.array(snapshot.arms)
+    values = snapshot.columns["values"][batch.at]
+    cost = snapshot.columns["costs"][batch.at]
     if candidates is not None:
         offered = np.array([k == 0 or a in candidates for k, a in enumerate(arms)])
         values = np.where(offered, values, -np.inf)
     policy = settings.offers.policy(context.campaign)
-    choice = policy.choose(values, cost, frame["customer_id"].to_list(), arms)
-    held = frame["holdout_kind"].eq_missing("offer").to_numpy()
+    choice = policy.choose(values, cost, batch.id_list, list(arms))
+    held = batch.holdout_kind == "offer"
     chosen = np.where(held, 0, choice.chosen)
-    known = frame["known"].to_numpy()
     reason = np.where(
         held,
         "offer_holdout",
-        np.where(choice.exploring, "offer_explore", np.char.add("uplift_", np.array(arms)[chosen])),
+        np.where(choice.exploring, "offer_explore", np.char.add("uplift_", arms[chosen])),
     )
-    value = values[np.arange(len(frame)), chosen]
-    return frame.with_columns(
-        offer=pl.when("known").then(pl.Series(np.array(arms)[chosen])).otherwise("offer"),
-        offer_value=pl.when("known")
-        .then(pl.Series(np.where(np.isfinite(value), value, 0.0)))
-        .otherwise("offer_value"),
-        r_offer=pl.when("known").then(pl.Series(reason)).otherwise("r_offer"),
-        probability=pl.col("probability") * np.where(known & ~held, choice.probability, 1.0),
-    )
+    value = values[np.arange(len(batch)), chosen]
+    known = batch.known
+    batch.offer = np.where(known, arms[chosen], batch.offer)
+    batch.offer_value = np.where(known & np.isfinite(value), value, batch.offer_value)
+    batch.reasons["r_offer"] = np.where(known, reason, batch.reasons["r_offer"])
+    batch.probability = batch.probability * np.where(known & ~held, choice.probability, 1.0)
 
 
-def schedule(
-    frame: pl.DataFrame, context: Context, settings: Settings, now: datetime
-) -> pl.DataFrame:
+def schedule(batch: Batch, context: Context, settings: Settings, now: datetime) -> None:
     """`send_at` for who is sent: see `send_times`."""
     timing = settings.send_time
     start = max(now, context.window_start or now)
@@ -407,45 +484,41 @@ def schedule(
         timing.quiet_start if context.quiet_start is None else context.quiet_start,
         timing.quiet_end if context.quiet_end is None else context.quiet_end,
     )
-    at, personal = send_times(frame, start, end, quiet, timing.fallback_hour)
-    found = pl.Series(at >= 0)
-    reason = (
-        pl.when(~found)
-        .then(pl.lit("no_time_in_window"))
-        .when(pl.Series(personal))
-        .then(pl.lit("sendtime_personal"))
-        .otherwise(pl.lit("sendtime_fallback"))
+    at, personal = send_times(
+        batch.timezone, batch.send_hours, start, end, quiet, timing.fallback_hour
     )
-    return frame.with_columns(
-        send_at=pl.when(pl.col("send") & found).then(
-            pl.Series(at).cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
-        ),
-        r_sendtime=pl.when("send").then(reason),
-        send=pl.col("send") & found,
+    found = at >= 0
+    reason = np.where(
+        ~found, "no_time_in_window", np.where(personal, "sendtime_personal", "sendtime_fallback")
     )
+    batch.reasons["r_sendtime"] = np.where(batch.send, reason, "")
+    batch.send_at = np.where(batch.send & found, at, -1)
+    batch.send = batch.send & found
 
 
 def send_times(
-    frame: pl.DataFrame, start: datetime, end: datetime, quiet: tuple[int, int], fallback: int
+    zones: np.ndarray,
+    hours: np.ndarray,
+    start: datetime,
+    end: datetime,
+    quiet: tuple[int, int],
+    fallback: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per row, the UTC time (µs since the epoch; -1: none) of the first of its `send_hours`
-    (local, best first) that falls inside [start, end] and outside quiet hours, else of the
-    fallback hour, else the first allowed hour; and whether it was a personal hour."""
+    """Per row, the UTC time (µs since the epoch; -1: none) of the first of its `hours`
+    (local, best first; EMPTY: none) that falls inside [start, end] and outside quiet hours,
+    else of the fallback hour, else the first allowed hour; and whether it was a personal
+    hour."""
+    if not len(zones):
+        return np.zeros(0, np.int64), np.zeros(0, bool)
     first = _next_hour(start)
     last = min(end, first + timedelta(hours=HORIZON_HOURS))
-    zones = frame["timezone"]
-    names = zones.unique(maintain_order=True)
-    tables = np.stack([_allowed_hours(z, first, last, *quiet) for z in names.to_list()])
-    code = zones.replace_strict(names, pl.arange(len(names), eager=True)).to_numpy()
-    hours = frame.select(
-        pl.col("send_hours").list.get(k, null_on_oob=True).fill_null(EMPTY).alias(f"h{k}")
-        for k in range(3)
-    ).to_numpy()
-    options = np.column_stack([hours, np.full(len(frame), fallback), np.full(len(frame), EARLIEST)])
-    times = tables[code[:, None], options]
+    names, code = np.unique(zones, return_inverse=True)
+    tables = np.stack([_allowed_hours(str(z), first, last, *quiet) for z in names])
+    rows = len(zones)
+    options = np.column_stack([hours, np.full(rows, fallback), np.full(rows, EARLIEST)])
+    times = tables[code.reshape(-1)[:, None], options]
     pick = np.argmax(times >= 0, axis=1)
-    at = times[np.arange(len(frame)), pick]
-    return at, pick < hours.shape[1]
+    return times[np.arange(rows), pick], pick < hours.shape[1]
 
 
 def _next_hour(t: datetime) -> datetime:
@@ -483,17 +556,14 @@ def quiet_hours(hours: np.ndarray, start: int, end: int) -> np.ndarray:
     return (hours >= start) & (hours < end)
 
 
-def once_per_batch(frame: pl.DataFrame) -> pl.DataFrame:
+def once_per_batch(batch: Batch) -> None:
     """A customer repeated in one batch is decided once: the first; the repeats do not send."""
-    repeat = ~pl.col("customer_id").is_first_distinct()
-    return frame.with_columns(
-        send=pl.col("send") & ~repeat,
-        r_duplicate=pl.when(repeat).then(pl.lit("duplicate_in_batch")),
-        send_at=pl.when(repeat).then(None).otherwise("send_at"),
-        holdout=pl.col("holdout") & ~repeat,
-        holdout_kind=pl.when(repeat).then(None).otherwise("holdout_kind"),
-        probability=pl.when(repeat).then(1.0).otherwise("probability"),
-    )
+    repeat = ~batch.ids.is_first_distinct().to_numpy()
+    batch.send = batch.send & ~repeat
+    batch.reasons["r_duplicate"] = np.where(repeat, "duplicate_in_batch", "")
+    batch.send_at = np.where(repeat, -1, batch.send_at)
+    batch.holdout_kind = np.where(repeat, "", batch.holdout_kind)
+    batch.probability = np.where(repeat, 1.0, batch.probability)
 
 
 REASONS = (
@@ -511,40 +581,62 @@ REASONS = (
 )
 
 
-def finish(
-    frame: pl.DataFrame, snapshot: Snapshot, context: Context, batch_id: str
-) -> pl.DataFrame:
-    """The decision columns: lists filled from the shop-wide ones, reasons in rule order."""
-    personal = pl.col("products").is_not_null()
-    frame = frame.with_columns(
-        r_products=pl.when(personal)
-        .then(pl.lit("personal_products"))
-        .otherwise(pl.lit("cold_start_popular")),
-        products=pl.col("products").fill_null(pl.lit(snapshot.popular, pl.List(pl.String))),
-        cross_sell=pl.col("cross_sell").fill_null(pl.lit(snapshot.trending, pl.List(pl.String))),
-        r_offer_candidate=pl.col("r_offer_candidate")
-        if "r_offer_candidate" in frame.columns
-        else pl.lit(None, pl.String),
+def finish(batch: Batch, snapshot: Snapshot, context: Context, batch_id: str) -> pl.DataFrame:
+    """The decision columns, in one frame: lists from the snapshot (the shop's where held out
+    of personal products), reasons in rule order."""
+    batch.reasons["r_products"] = np.where(
+        batch.popular_products, "cold_start_popular", "personal_products"
     )
-    sending = pl.col("send")
-    return frame.with_row_index("i").select(
-        decision_id=pl.format("{}-{}", pl.lit(batch_id), "i"),
-        customer_id="customer_id",
-        campaign=pl.lit(context.campaign),
-        trigger=pl.lit(context.trigger, pl.String),
-        transactional=pl.lit(context.transactional),
-        segment="segment",
-        send=sending,
-        holdout="holdout",
-        holdout_kind="holdout_kind",
-        probability=pl.col("probability").round(6),
-        offer=pl.when(sending).then("offer").otherwise(pl.lit(CONTROL)),
-        offer_value=pl.when(sending).then("offer_value").otherwise(0.0),
-        products="products",
-        cross_sell="cross_sell",
-        send_at="send_at",
-        best_hours="best_hours",
-        purchase_propensity="purchase_propensity",
-        reasons=pl.concat_list(REASONS).list.drop_nulls(),
-        model_versions=pl.lit(snapshot.model_versions),
+    lists = snapshot.lists[batch.at]
+    held = batch.holdout_kind == "products"
+    if held.any():
+        lists = lists.with_columns(
+            pl.when(pl.Series(held))
+            .then(pl.lit(shop, pl.List(pl.String)))
+            .otherwise(name)
+            .alias(name)
+            for name, shop in (("products", snapshot.popular), ("cross_sell", snapshot.trending))
+        )
+    n, sending, kind = len(batch), batch.send, batch.holdout_kind
+    at = pl.Series("send_at", batch.send_at)
+    frame = pl.DataFrame(
+        {
+            "decision_id": pl.int_range(n, eager=True).cast(pl.String),
+            "customer_id": batch.ids,
+            "segment": batch.segment,
+            "send": sending,
+            "holdout": kind != "",
+            "holdout_kind": kind,
+            "probability": batch.probability.round(6),
+            "offer": np.where(sending, batch.offer, CONTROL),
+            "offer_value": np.where(sending, batch.offer_value, 0.0),
+            "send_at": at.cast(pl.Datetime("us")).dt.replace_time_zone("UTC").set(at < 0, None),
+            "purchase_propensity": pl.Series(
+                snapshot.columns["purchase_propensity"][batch.at], nan_to_null=True
+            ),
+            "reasons": _lists_of_present([batch.reasons[name] for name in REASONS]),
+        }
     )
+    computed = {
+        "decision_id": pl.concat_str(pl.lit(f"{batch_id}-"), "decision_id"),
+        "campaign": pl.lit(context.campaign),
+        "trigger": pl.lit(context.trigger, pl.String),
+        "transactional": pl.lit(context.transactional),
+        "holdout_kind": pl.col("holdout_kind").replace("", None),
+        "model_versions": pl.lit(snapshot.model_versions),
+    }
+    return pl.concat([frame, lists], how="horizontal").select(
+        computed[name].alias(name) if name in computed else pl.col(name)
+        for name in DECISION_COLUMNS
+    )
+
+
+def _lists_of_present(columns: list[np.ndarray]) -> pl.Series:
+    """Per row, the non-empty texts of `columns` in order, as one list column (built through
+    Arrow offsets: a list per row without a Python loop)."""
+    stacked = np.column_stack(columns)
+    present = stacked != ""
+    offsets = np.zeros(len(stacked) + 1, np.int32)
+    np.cumsum(present.sum(axis=1), out=offsets[1:])
+    values = pa.array(stacked[present], pa.string())
+    return pl.from_arrow(pa.ListArray.from_arrays(pa.array(offsets), values))

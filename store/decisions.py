@@ -10,9 +10,10 @@ Reports and later training read outcomes' randomisation from here, never from se
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
@@ -54,7 +55,7 @@ decisions = sa.Table(
     "decisions",
     metadata,
     sa.Column("decision_id", sa.String(96), primary_key=True),
-    sa.Column("batch_id", sa.String(64), nullable=False, index=True),
+    sa.Column("batch_id", sa.String(64), nullable=False),
     sa.Column("customer_id", sa.String(128), nullable=False),
     sa.Column("campaign", sa.String(128), nullable=False),
     sa.Column("trigger", sa.String(128)),
@@ -74,12 +75,22 @@ decisions = sa.Table(
     sa.Column("purchase_propensity", sa.Float),
     sa.Column("reasons", sa.Text, nullable=False),  # JSON array
     sa.Column("model_versions", sa.String(256), nullable=False),
-    sa.Index("ix_decisions_customer_time", "customer_id", "decided_at"),
-    sa.Index("ix_decisions_time", "decided_at"),
+    sa.Index("ix_decisions_time", "decided_at"),  # in time order: cheap to keep up
 )
 
+# the first marketing send of each campaign to each customer, written with its batch: caps
+# read this small table by customer, so the log itself needs no index by customer (one that
+# every batch of a thousand random customers rewrites a thousand pages of)
+sends = sa.Table(
+    "sends",
+    metadata,
+    sa.Column("customer_id", sa.String(128), primary_key=True),
+    sa.Column("campaign", sa.String(128), primary_key=True),
+    sa.Column("first_sent_at", UTCDateTime, nullable=False),
+)
+KEEP_SENDS = timedelta(days=90)  # a campaign name sent again after this counts anew
+
 COLUMNS = [c.name for c in decisions.columns]
-MAX_QUERIED_IDS = 10_000  # beyond this many recipients, sends are filtered after one scan
 LISTS = {
     "products": pl.String,
     "cross_sell": pl.String,
@@ -147,18 +158,34 @@ class DecisionLog:
 
     def __init__(self, url: str | None = None):
         self.url = url or log_url()
-        self.engine = sa.create_engine(self.url, pool_pre_ping=True)
-        if self.engine.dialect.name == "sqlite":
+        sqlite = self.url.startswith("sqlite")
+        self.engine = sa.create_engine(self.url, pool_pre_ping=not sqlite)
+        if sqlite:
             if self.engine.url.database:
                 Path(self.engine.url.database).parent.mkdir(parents=True, exist_ok=True)
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+        had_sends = sa.inspect(self.engine).has_table("sends")
         metadata.create_all(self.engine, checkfirst=True)
-        self._add_new_columns()
+        self._upgrade(had_sends)
 
-    def _add_new_columns(self) -> None:
-        """A log written by an earlier version gains the columns added since (nullable)."""
+    def _upgrade(self, had_sends: bool) -> None:
+        """A log written by an earlier version gains the columns added since (nullable) and
+        the send history its decisions hold."""
         present = {c["name"] for c in sa.inspect(self.engine).get_columns("decisions")}
         with self.engine.begin() as connection:
+            if not had_sends:
+                first = (
+                    sa.select(
+                        decisions.c.customer_id,
+                        decisions.c.campaign,
+                        sa.func.min(decisions.c.decided_at),
+                    )
+                    .where(decisions.c.send, ~decisions.c.transactional)
+                    .group_by(decisions.c.customer_id, decisions.c.campaign)
+                )
+                connection.execute(
+                    sends.insert().from_select(["customer_id", "campaign", "first_sent_at"], first)
+                )
             for column in decisions.columns:
                 if column.name not in present:
                     kind = column.type.compile(dialect=self.engine.dialect)
@@ -186,12 +213,42 @@ class DecisionLog:
             )
             if values:  # one driver-level executemany: a thousand rows in a few milliseconds
                 connection.exec_driver_sql(self._insert_sql, values)
+            sent = rows.filter(pl.col("send") & ~pl.col("transactional"))
+            if len(sent):
+                at, stale = (
+                    self._driver_time(decided_at),
+                    self._driver_time(decided_at - KEEP_SENDS),
+                )
+                connection.exec_driver_sql(
+                    self._record_send_sql,
+                    [(c, k, at, stale) for c, k in sent.select("customer_id", "campaign").rows()],
+                )
+
+    @property
+    def _mark(self) -> str:
+        return "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
 
     @property
     def _insert_sql(self) -> str:
-        mark = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
         names = ", ".join(f'"{c}"' for c in COLUMNS)
-        return f"INSERT INTO decisions ({names}) VALUES ({', '.join([mark] * len(COLUMNS))})"
+        return f"INSERT INTO decisions ({names}) VALUES ({', '.join([self._mark] * len(COLUMNS))})"
+
+    @property
+    def _record_send_sql(self) -> str:
+        """The first send of a campaign counts; one older than `KEEP_SENDS` is replaced."""
+        m = self._mark
+        return (
+            f"INSERT INTO sends (customer_id, campaign, first_sent_at) VALUES ({m}, {m}, {m}) "
+            "ON CONFLICT (customer_id, campaign) DO UPDATE SET first_sent_at = "
+            f"excluded.first_sent_at WHERE sends.first_sent_at < {m}"
+        )
+
+    def _driver_time(self, at: datetime) -> datetime | str:
+        """A time as `UTCDateTime` stores it: naive UTC; on SQLite, SQLAlchemy's text."""
+        naive = at.astimezone(UTC).replace(tzinfo=None)
+        return (
+            naive.isoformat(" ", "microseconds") if self.engine.dialect.name == "sqlite" else naive
+        )
 
     def _driver_values(self, frame: pl.DataFrame) -> list[tuple]:
         """Rows as the driver takes them, times as `UTCDateTime` stores them: naive UTC, and
@@ -209,29 +266,24 @@ class DecisionLog:
         """`customer_id`, `sent_at`: when each other campaign first sent to each customer
         since `since` (a campaign asked about again counts once, the current one not at
         all); every customer's when `customer_ids` is None."""
-        query = (
-            sa.select(decisions.c.customer_id, sa.func.min(decisions.c.decided_at))
-            .where(
-                decisions.c.send,
-                decisions.c.decided_at >= since,
-                decisions.c.campaign != campaign,
-                ~decisions.c.transactional,
-            )
-            .group_by(decisions.c.customer_id, decisions.c.campaign)
+        query = sa.select(sends.c.customer_id, sends.c.first_sent_at).where(
+            sends.c.first_sent_at >= since, sends.c.campaign != campaign
         )
-        ids = None if customer_ids is None else list(set(customer_ids))
-        by_query = ids is not None and len(ids) <= MAX_QUERIED_IDS
-        if by_query:
-            query = query.where(decisions.c.customer_id.in_(sa.bindparam("ids", expanding=True)))
+        if customer_ids is not None:  # one parameter, however many ids
+            ids = list(dict.fromkeys(customer_ids))
+            if self.engine.dialect.name == "sqlite":
+                listed = sa.select(sa.column("value")).select_from(
+                    sa.func.json_each(sa.literal(json.dumps(ids)))
+                )
+                query = query.where(sends.c.customer_id.in_(listed.scalar_subquery()))
+            else:
+                query = query.where(
+                    sends.c.customer_id == sa.func.any(sa.literal(ids, sa.ARRAY(sa.String)))
+                )
         with self.engine.connect() as connection:
-            found = connection.execute(query, {"ids": ids} if by_query else {}).all()
+            found = connection.execute(query).all()
         schema = {"customer_id": pl.String, "sent_at": pl.Datetime("us", "UTC")}
-        frame = pl.DataFrame(found, schema=schema, orient="row")
-        if ids is not None and not by_query:  # a whole shop: one scan beats a huge IN list
-            frame = frame.filter(
-                pl.col("customer_id").is_in(pl.Series(ids, dtype=pl.String).implode())
-            )
-        return frame
+        return pl.DataFrame(found, schema=schema, orient="row")
 
     def record_sends(self, customer_ids: Iterable[str], at: datetime, campaign: str) -> None:
         """Nothing to do: the log itself is the send history."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -75,9 +76,12 @@ def write_frame_to(frame: pl.DataFrame, staging: Path, suffix: str) -> None:
 
 
 def lists_as_json(frame: pl.DataFrame) -> pl.DataFrame:
-    """Every list column as the text of a JSON array."""
+    """Every list column as the text of a JSON array: Polars' JSON of a one-field struct,
+    `{"name":[...]}`, less the `{"name":` before the array and the `}` after it."""
     lists = [n for n, d in frame.schema.items() if isinstance(d, pl.List)]
     return frame.with_columns(
-        pl.struct(name).struct.json_encode().str.extract(r"^\{.*?:(.*)\}$").alias(name)
+        (encoded := pl.struct(name).struct.json_encode())
+        .str.slice(len(json.dumps(name)) + 2, encoded.str.len_chars() - len(json.dumps(name)) - 3)
+        .alias(name)
         for name in lists
     )

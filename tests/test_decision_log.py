@@ -54,7 +54,7 @@ def log(request, tmp_path, monkeypatch):
     engine = sa.create_engine(url)
     try:
         with engine.begin() as connection:
-            connection.execute(sa.text("DROP TABLE IF EXISTS decisions, batches"))
+            connection.execute(sa.text("DROP TABLE IF EXISTS decisions, batches, sends"))
     except sa.exc.OperationalError as error:
         pytest.fail(f"PostgreSQL at {POSTGRES} is not reachable: {error}")
     engine.dispose()
@@ -89,6 +89,27 @@ def test_send_history_counts_each_other_campaign_once(log):
     # a whole shop's recipients: one scan, the same answer
     many = [f"x{i}" for i in range(20_000)] + ["a"]
     assert log.sends(many, T0 - timedelta(days=7), campaign="c3").sort("sent_at").equals(sends.sort("sent_at"))
+
+
+def test_a_campaign_name_sent_again_after_90_days_counts_anew(log):
+    log.append("b1", T0 - timedelta(days=100), batch("weekly", decision(1, "a")))
+    log.append("b2", T0 - timedelta(days=2), batch("weekly", decision(2, "a")))
+    log.append("b3", T0 - timedelta(days=1), batch("weekly", decision(3, "a")))  # not again
+    sent = log.sends(["a"], T0 - timedelta(days=7), campaign="other")
+    assert sent["sent_at"].to_list() == [T0 - timedelta(days=2)]
+
+
+def test_a_log_from_before_the_send_table_gets_its_history(tmp_path):
+    """Logs written before sends had their own table: the history is rebuilt on open."""
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    log = DecisionLog(url)
+    log.append("b1", T0, batch("c1", decision(1, "a"), decision(2, "b", send=False)))
+    log.append("b2", T0 + timedelta(hours=1), batch("c1", decision(3, "a")))
+    with log.engine.begin() as connection:
+        connection.execute(sa.text("DROP TABLE sends"))
+    log.close()
+    sent = DecisionLog(url).sends(None, T0 - timedelta(days=7), campaign="c2")
+    assert sent.rows() == [("a", T0)]
 
 
 def test_export_reads_back_what_was_logged_with_lists_and_filters(log):
