@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from zoneinfo import available_timezones
 
+import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sendwise.policy.decide import Context, Name
@@ -13,7 +15,7 @@ from sendwise.policy.decide import Context, Name
 ZONES = frozenset(available_timezones())
 MAX_RECIPIENTS = 10_000
 
-__all__ = ["MAX_RECIPIENTS", "Context", "DecideRequest", "Decision", "Recipient"]
+__all__ = ["MAX_RECIPIENTS", "Context", "DecideRequest", "Decision", "Recipient", "answer_json"]
 
 
 class Recipient(BaseModel):
@@ -62,3 +64,11 @@ class Decision(BaseModel):
     purchase_propensity: float | None
     reasons: list[str]
     model_versions: str
+
+
+def answer_json(batch_id: str, decisions: pl.DataFrame) -> bytes:
+    """The `/decide` answer (`batch_id`, `logged`, `decisions` as `Decision`s), written by
+    Polars: no Python object per field, times in ISO 8601 UTC as pydantic writes them."""
+    rows = decisions.with_columns(pl.col("send_at").dt.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    head = json.dumps({"batch_id": batch_id, "logged": True})[:-1]
+    return f'{head}, "decisions": {rows.write_json()}}}'.encode()

@@ -3,6 +3,7 @@ send times, duplicates, cold start, and each configuration section changing deci
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -322,3 +323,20 @@ def test_configuration_file_round_trips_and_names_bad_keys(tmp_path, monkeypatch
 def test_malformed_requests_name_the_field(body, field):
     with pytest.raises(ValidationError, match=field):
         DecideRequest.model_validate(body)
+
+
+def test_the_api_answer_written_by_polars_is_what_pydantic_would_write():
+    from sendwise.serving.decide import Decision, answer_json
+
+    decisions = decide(
+        snapshot(arms=("none", "free_shipping")),
+        pl.DataFrame({"customer_id": ["a", "b", "zz-new", "a"]}),
+        Context(now=NOW),
+        Settings(),
+        NOW,
+    )
+    answer = json.loads(answer_json("batch-1", decisions))
+    assert answer["batch_id"] == "batch-1" and answer["logged"] is True
+    expected = [Decision.model_validate(row).model_dump(mode="json") for row in decisions.to_dicts()]
+    assert answer["decisions"] == expected
+    assert any(d["send_at"] for d in expected) and any(d["send_at"] is None for d in expected)
