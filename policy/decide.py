@@ -279,19 +279,19 @@ def recipients_known(snapshot: Snapshot, recipients: pl.DataFrame) -> Batch:
     columns = snapshot.columns
     timezone = columns["timezone"][at]
     given = recipients.get_column("timezone", default=None)
-    if given is not None:
+    if given is not None and given.null_count() < len(given):
         given = _strings(given)
         timezone = np.where(given != "", given, timezone)
     opted_out = recipients.get_column("opted_out", default=None)
+    if opted_out is not None and opted_out.null_count():
+        opted_out = opted_out.fill_null(False)
     batch = Batch(
         ids=ids,
         at=at,
         known=at < len(snapshot),
         timezone=np.where(timezone != "", timezone, "UTC"),
         segment=columns["segment"][at],
-        opted_out=np.zeros(len(ids), bool)
-        if opted_out is None
-        else opted_out.fill_null(False).to_numpy(),
+        opted_out=np.zeros(len(ids), bool) if opted_out is None else opted_out.to_numpy(),
     )
     reason = columns["propensity_reason"][at]
     batch.reasons.update(
@@ -597,11 +597,12 @@ def finish(batch: Batch, snapshot: Snapshot, context: Context, batch_id: str) ->
             .alias(name)
             for name, shop in (("products", snapshot.popular), ("cross_sell", snapshot.trending))
         )
-    n, sending, kind = len(batch), batch.send, batch.holdout_kind
-    at = pl.Series("send_at", batch.send_at)
+    sending, kind = batch.send, batch.holdout_kind
+    send_at = batch.send_at.astype("datetime64[us]")
+    send_at[batch.send_at < 0] = np.datetime64("NaT")
     frame = pl.DataFrame(
         {
-            "decision_id": pl.int_range(n, eager=True).cast(pl.String),
+            "decision_id": np.arange(len(batch)),
             "customer_id": batch.ids,
             "segment": batch.segment,
             "send": sending,
@@ -610,25 +611,31 @@ def finish(batch: Batch, snapshot: Snapshot, context: Context, batch_id: str) ->
             "probability": batch.probability.round(6),
             "offer": np.where(sending, batch.offer, CONTROL),
             "offer_value": np.where(sending, batch.offer_value, 0.0),
-            "send_at": at.cast(pl.Datetime("us")).dt.replace_time_zone("UTC").set(at < 0, None),
+            "send_at": send_at,
             "purchase_propensity": pl.Series(
                 snapshot.columns["purchase_propensity"][batch.at], nan_to_null=True
             ),
             "reasons": _lists_of_present([batch.reasons[name] for name in REASONS]),
         }
     )
-    computed = {
-        "decision_id": pl.concat_str(pl.lit(f"{batch_id}-"), "decision_id"),
+    per_batch = {
+        "decision_id": pl.concat_str(pl.lit(f"{batch_id}-"), pl.col("decision_id").cast(pl.String)),
         "campaign": pl.lit(context.campaign),
         "trigger": pl.lit(context.trigger, pl.String),
         "transactional": pl.lit(context.transactional),
-        "holdout_kind": pl.col("holdout_kind").replace("", None),
         "model_versions": pl.lit(snapshot.model_versions),
     }
     return pl.concat([frame, lists], how="horizontal").select(
-        computed[name].alias(name) if name in computed else pl.col(name)
+        per_batch[name].alias(name) if name in per_batch else FINISHED[name]
         for name in DECISION_COLUMNS
     )
+
+
+# how `finish` reads the other decision columns, built once (building costs more than running)
+FINISHED = {name: pl.col(name) for name in DECISION_COLUMNS} | {
+    "send_at": pl.col("send_at").dt.replace_time_zone("UTC"),
+    "holdout_kind": pl.col("holdout_kind").replace("", None),
+}
 
 
 def _lists_of_present(columns: list[np.ndarray]) -> pl.Series:

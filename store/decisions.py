@@ -14,12 +14,14 @@ import json
 import os
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import sqlalchemy as sa
 
-from .files import lists_as_json
+from .files import json_array
 from .settings import home
 
 metadata = sa.MetaData()
@@ -196,10 +198,14 @@ class DecisionLog:
     def append(self, batch_id: str, decided_at: datetime, rows: pl.DataFrame) -> None:
         """Log one batch of decisions (`sendwise.policy.decide.DECISION_COLUMNS`) whole, in
         one transaction, or raise with nothing logged."""
-        frame = rows.with_columns(batch_id=pl.lit(batch_id), decided_at=pl.lit(decided_at))
-        values = self._driver_values(lists_as_json(frame.select(COLUMNS)))
+        values = self._driver_values(
+            rows.with_columns(batch_id=pl.lit(batch_id), decided_at=pl.lit(decided_at))
+        )
         versions = rows["model_versions"][0] if len(rows) else ""
         campaign = rows["campaign"][0] if len(rows) else ""
+        marketing = (rows["send"] & ~rows["transactional"]).to_numpy()
+        sent = np.asarray(rows["customer_id"].to_list(), dtype=object)[marketing]
+        at, stale = self._driver_time(decided_at), self._driver_time(decided_at - KEEP_SENDS)
         with self.engine.begin() as connection:
             connection.execute(
                 batches.insert(),
@@ -213,15 +219,9 @@ class DecisionLog:
             )
             if values:  # one driver-level executemany: a thousand rows in a few milliseconds
                 connection.exec_driver_sql(self._insert_sql, values)
-            sent = rows.filter(pl.col("send") & ~pl.col("transactional"))
             if len(sent):
-                at, stale = (
-                    self._driver_time(decided_at),
-                    self._driver_time(decided_at - KEEP_SENDS),
-                )
                 connection.exec_driver_sql(
-                    self._record_send_sql,
-                    [(c, k, at, stale) for c, k in sent.select("customer_id", "campaign").rows()],
+                    self._record_send_sql, [(c, campaign, at, stale) for c in sent]
                 )
 
     @property
@@ -251,14 +251,25 @@ class DecisionLog:
         )
 
     def _driver_values(self, frame: pl.DataFrame) -> list[tuple]:
-        """Rows as the driver takes them, times as `UTCDateTime` stores them: naive UTC, and
-        on SQLite the text SQLAlchemy writes (comparisons there are on that text)."""
-        stamps = [n for n, d in frame.schema.items() if isinstance(d, pl.Datetime)]
-        naive = [pl.col(n).dt.convert_time_zone("UTC").dt.replace_time_zone(None) for n in stamps]
-        frame = frame.with_columns(naive)
-        if self.engine.dialect.name == "sqlite":
-            frame = frame.with_columns(pl.col(stamps).dt.strftime("%Y-%m-%d %H:%M:%S.%6f"))
-        return frame.rows()
+        """Rows as the driver takes them, in one select (`_stored`)."""
+        return frame.select(self._stored).rows()
+
+    @cached_property
+    def _stored(self) -> list[pl.Expr]:
+        """Each column as the driver takes it: lists as JSON text, times as `UTCDateTime`
+        stores them (naive UTC; on SQLite, the text SQLAlchemy writes, since comparisons
+        there are on that text). Built once: building costs more than running."""
+        sqlite = self.engine.dialect.name == "sqlite"
+
+        def stored(column: sa.Column) -> pl.Expr:
+            if column.name in LISTS:
+                return json_array(column.name)
+            if not isinstance(column.type, UTCDateTime):
+                return pl.col(column.name)
+            naive = pl.col(column.name).dt.convert_time_zone("UTC").dt.replace_time_zone(None)
+            return naive.dt.strftime("%Y-%m-%d %H:%M:%S.%6f") if sqlite else naive
+
+        return [stored(column) for column in decisions.columns]
 
     def sends(
         self, customer_ids: Iterable[str] | None, since: datetime, campaign: str

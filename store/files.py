@@ -75,13 +75,16 @@ def write_frame_to(frame: pl.DataFrame, staging: Path, suffix: str) -> None:
         lists_as_json(frame).write_csv(staging)
 
 
-def lists_as_json(frame: pl.DataFrame) -> pl.DataFrame:
-    """Every list column as the text of a JSON array: Polars' JSON of a one-field struct,
+def json_array(name: str) -> pl.Expr:
+    """A list column as the text of a JSON array: Polars' JSON of a one-field struct,
     `{"name":[...]}`, less the `{"name":` before the array and the `}` after it."""
-    lists = [n for n, d in frame.schema.items() if isinstance(d, pl.List)]
+    encoded = pl.struct(name).struct.json_encode()
+    skip = len(json.dumps(name)) + 2
+    return encoded.str.slice(skip, encoded.str.len_chars() - skip - 1).alias(name)
+
+
+def lists_as_json(frame: pl.DataFrame) -> pl.DataFrame:
+    """Every list column as the text of a JSON array."""
     return frame.with_columns(
-        (encoded := pl.struct(name).struct.json_encode())
-        .str.slice(len(json.dumps(name)) + 2, encoded.str.len_chars() - len(json.dumps(name)) - 3)
-        .alias(name)
-        for name in lists
+        json_array(name) for name, kind in frame.schema.items() if isinstance(kind, pl.List)
     )
