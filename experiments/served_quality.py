@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
 import tempfile
 import time
 from datetime import timedelta
 from pathlib import Path
 
 import polars as pl
+from bench_features import machine
 from child import run_cli, work_env
 from sklearn.metrics import roc_auc_score
 
@@ -71,7 +70,7 @@ def main() -> None:
     steps = [
         ["import", "online-retail", str(ONLINE_RETAIL), "--out", str(shop)],
         ["train", "all", "--shop", str(shop), "--as-of", AS_OF, "--horizon-days", str(HORIZON)],
-        ["promote", "all"],
+        ["promote", "all", "--shop", str(shop)],
         ["score", "--shop", str(shop), "--as-of", AS_OF, "--out", str(work / "decisions.parquet")],
     ]
     timings = {}
@@ -79,12 +78,8 @@ def main() -> None:
         timings[" ".join(args[:2])] = run_cli(args, env)["wall_s"]
     started = time.perf_counter()
     figures = judge(shop, pl.read_parquet(work / "decisions.parquet"))
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
-    ).stdout.strip()
     result = {
-        "machine": f"{platform.machine()}, {platform.python_version()}",
-        "commit": commit,
+        "machine": machine(),
         "protocol": f"Online Retail, as of {AS_OF}, horizon {HORIZON} days",
         "figures": figures,
         "bars": BARS,
@@ -96,7 +91,7 @@ def main() -> None:
     lines = [
         "# Served decisions on Online Retail",
         "",
-        f"`python experiments/served_quality.py` at {commit}: {result['protocol']}, judged from "
+        f"`python experiments/served_quality.py` at {result['machine']['commit']}: {result['protocol']}, judged from "
         f"the decisions file of `sendwise score` ({figures['customers']:,} customers).",
         "",
         "| figure | from `score` | DESIGN.md bar |",
