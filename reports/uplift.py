@@ -9,7 +9,6 @@ rows it learned from. Policy values are inverse-propensity estimates on randomis
 from __future__ import annotations
 
 import html
-import io
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -20,7 +19,11 @@ from sendwise.features.experiment import Experiment
 from sendwise.models.metrics import policy_value, qini_auc, qini_curve
 from sendwise.models.uplift import UpliftModel
 
-Z = 1.96  # two-sided 95% normal interval
+from .common import Z, head, interval_plot, welch
+from .common import figure as _figure
+from .common import key as _key
+from .common import svg as _svg
+from .common import table as _table
 
 
 @dataclass(frozen=True)
@@ -45,8 +48,7 @@ class Effect:
 def effect(y: np.ndarray, treated: np.ndarray, arm: str, outcome: str) -> Effect:
     """Difference in means with a Welch (unpooled) standard error."""
     a, b = y[treated], y[~treated]
-    se = np.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b)) if min(len(a), len(b)) > 1 else 0
-    diff = float(a.mean() - b.mean())
+    diff, se = welch(a, b)
     return Effect(
         arm, outcome, len(a), float(a.mean()), float(b.mean()), diff, diff - Z * se, diff + Z * se
     )
@@ -238,27 +240,15 @@ def summarise(
 # --- rendering ------------------------------------------------------------------------------
 
 
-def _svg(figure) -> str:
-    import matplotlib.pyplot as plt
-
-    buffer = io.StringIO()
-    figure.savefig(buffer, format="svg", bbox_inches="tight")
-    plt.close(figure)
-    text = buffer.getvalue()
-    return text[text.index("<svg") :]
-
-
 def _effects_plot(summary: UpliftSummary, outcome: str) -> str:
-    import matplotlib.pyplot as plt
-
     effects = [summary.effect_of(a, outcome) for a in summary.arms]
-    figure, axis = plt.subplots(figsize=(6, 0.6 + 0.5 * len(effects)))
-    for i, e in enumerate(effects):
-        axis.errorbar(e.effect, i, xerr=[[e.effect - e.low], [e.high - e.effect]], fmt="o")
-    axis.axvline(0, color="grey", lw=1)
-    axis.set_yticks(range(len(effects)), [e.arm for e in effects])
-    axis.set_xlabel(f"effect on {outcome} per customer vs {summary.control} (95% CI)")
-    return _svg(figure)
+    return interval_plot(
+        [e.arm for e in effects],
+        [e.effect for e in effects],
+        [e.low for e in effects],
+        [e.high for e in effects],
+        f"effect on {outcome} per customer vs {summary.control} (95% CI)",
+    )
 
 
 def _curves_plot(summary: UpliftSummary) -> str:
@@ -281,37 +271,10 @@ def _curves_plot(summary: UpliftSummary) -> str:
     return _svg(figure)
 
 
-def _key(name: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in name.lower())
-
-
-def _table(headers: list[str], rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _figure(key: str, value: float, fmt: str) -> str:
-    """A number in the page, machine-readable too (data-key/data-value) for checks."""
-    return f'<span data-key="{key}" data-value="{value!r}">{format(value, fmt)}</span>'
-
-
-STYLE = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1060px;
-margin:2em auto;color:#222;padding:0 1em}
-h1{font-size:1.6em}h2{font-size:1.2em;margin-top:1.8em;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ddd;padding:4px 8px;
-text-align:right}th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
-.summary{background:#f3f8ff;border-left:4px solid #3b82f6;padding:.8em 1em}
-.muted{color:#666;font-size:.9em}svg{max-width:100%;height:auto}
-"""
-
-
 def render(summary: UpliftSummary) -> str:
     """The whole page: no scripts, no external resources."""
     parts = [
-        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
-        f"<title>{html.escape(summary.title)}</title><style>{STYLE}</style></head><body>",
+        head(summary.title),
         f"<h1>{html.escape(summary.title)}</h1>",
         f"<p class='muted'>{summary.customers:,} customers; control arm "
         f"'{html.escape(summary.control)}'; generated {summary.generated_at} by sendwise.</p>",

@@ -4,7 +4,6 @@ computed directly from the experiment table."""
 from __future__ import annotations
 
 import re
-import shutil
 
 import numpy as np
 import pytest
@@ -12,36 +11,7 @@ import pytest
 from sendwise.cli.main import main
 from sendwise.features.experiment import campaign_experiment
 
-CHROMIUM = shutil.which("chromium")
-
-
-@pytest.fixture(scope="module")
-def page_of(tmp_path_factory):
-    """Open an HTML file in headless Chromium; (figures by data-key, errors, html)."""
-    if CHROMIUM is None:
-        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-
-        def load(path):
-            page = browser.new_page()
-            errors = []
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.on("requestfailed", lambda r: errors.append(f"failed {r.url}"))
-            page.goto(path.as_uri(), wait_until="load")
-            figures = page.eval_on_selector_all(
-                "[data-key]", "els => els.map(e => [e.dataset.key, e.dataset.value])"
-            )
-            svgs = page.locator("svg").count()
-            text = page.inner_text("body")
-            page.close()
-            return dict(figures), errors, svgs, text
-
-        yield load
-        browser.close()
+pytest_plugins = ("browser",)  # the `page_of` fixture: headless Chromium
 
 
 def test_report_renders_cleanly_and_its_figures_match(simulated, simulated_shop, tmp_path, page_of):
