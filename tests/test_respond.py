@@ -1,0 +1,340 @@
+"""The simulated shop responds to logged decisions from its planted truth, and the campaign
+report, reading only the log and the shop, finds what was planted.
+
+The decisions come from the real policy (`policy.decide.decide`) over a snapshot built from
+what the shop shows (segments from features, personal products from each customer's most-bought
+category, best hours from their peak local hour), with holdout shares raised so that a
+3,000-customer shop has groups worth comparing."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import numpy as np
+import polars as pl
+import pytest
+
+from sendwise.features import builders
+from sendwise.features.clock import with_local_time
+from sendwise.features.respond import (
+    PLANTED_FILE,
+    ResponseModel,
+    append_responses,
+    expectations,
+    planted_value,
+    read_truth,
+    respond,
+    with_responses,
+)
+from sendwise.features.shop import read_shop, write_shop
+from sendwise.features.simulate import SimulationSettings, simulate
+from sendwise.policy.config import Settings
+from sendwise.policy.decide import SNAPSHOT_SCHEMA, Context, Snapshot, decide
+from sendwise.policy.segments import SegmentRules
+from sendwise.reports.campaign import summarise_campaign
+from sendwise.reports.outcomes import outcomes
+from sendwise.store.decisions import DecisionLog
+
+DAYS = 14
+ARMS = ("none", "free_shipping", "10_off")
+SETTINGS = Settings.model_validate(
+    {
+        "holdouts": {"global": 0.15, "campaign": 0.05, "products": 0.25, "sendtime": 0.25,
+                     "offer": 0.10},
+        "offers": {"exploration": 0.5},
+    }
+)  # fmt: skip
+
+
+def snapshot_of(shop, as_of, truth) -> Snapshot:
+    """What the models would say, from what the shop shows (the offer values excepted: a
+    noisy reading of the planted uplift, so the offer model is neither perfect nor useless)."""
+    features = builders.customer_features(shop, as_of).collect()
+    lines = shop.orders.join(shop.products.select("product_id", "category"), on="product_id")
+    lines = lines.filter(pl.col("quantity") > 0).collect()
+    popular = lines.group_by("product_id").len().sort("len", "product_id", descending=True)
+    in_category = (
+        lines.group_by("category", "product_id")
+        .len()
+        .sort("len", "product_id", descending=True)
+        .group_by("category", maintain_order=True)
+        .agg(personal=pl.col("product_id").head(10))
+    )
+    favourite = (
+        lines.group_by("customer_id", "category")
+        .len()
+        .sort("len", "category", descending=True)
+        .group_by("customer_id", maintain_order=True)
+        .agg(pl.col("category").first())
+        .join(in_category, on="category")
+    )
+    unsubscribed = (
+        shop.email_events.filter(pl.col("event_type").is_in(["unsubscribe", "complaint"]))
+        .select("customer_id")
+        .unique()
+        .collect()
+        .with_columns(unsubscribed=pl.lit(True))
+    )
+    rng = np.random.default_rng(0)
+    frame = (
+        features.with_columns(SegmentRules().expression())
+        .join(favourite, on="customer_id", how="left")
+        .join(unsubscribed, on="customer_id", how="left")
+        .join(
+            truth.select("customer_id", *(f"true_uplift_{a}" for a in ARMS[1:])),
+            on="customer_id",
+            how="left",
+        )  # fmt: skip
+        .select(
+            "customer_id",
+            "timezone",
+            "segment",
+            pl.col("unsubscribed").fill_null(False),
+            pl.col("bounces_total").alias("bounces"),
+            pl.lit(0.1).alias("purchase_propensity"),
+            pl.lit("base").alias("propensity_reason"),
+            pl.col("personal").alias("products"),
+            pl.lit(None, pl.List(pl.String)).alias("cross_sell"),
+            pl.when(pl.col("activity_total") >= 5)
+            .then(pl.concat_list(pl.col("peak_local_hour").cast(pl.Int64)))
+            .otherwise(pl.lit([], pl.List(pl.Int64)))
+            .alias("best_hours"),
+            pl.lit(0.0).alias("value_none"),
+            pl.lit(0.0).alias("cost_none"),
+            *((pl.col(f"true_uplift_{a}") * 40 - 1.5).alias(f"value_{a}") for a in ARMS[1:]),
+            *(pl.lit(0.0).alias(f"cost_{a}") for a in ARMS[1:]),
+        )
+        .cast({k: v for k, v in SNAPSHOT_SCHEMA.items()})
+    )
+    noise = {f"value_{a}": frame[f"value_{a}"] + rng.normal(0, 0.5, frame.height) for a in ARMS[1:]}
+    frame = frame.with_columns(**noise)
+    top = popular["product_id"].head(10).to_list()
+    return Snapshot(frame, top, top, "test:1", ARMS)
+
+
+@pytest.fixture(scope="module")
+def campaign(tmp_path_factory):
+    """A 3,000-customer shop, one logged campaign decided by the real policy, the truth."""
+    tables, truth = simulate(SimulationSettings(customers=3_000, seed=3))
+    directory = tmp_path_factory.mktemp("respond") / "shop"
+    write_shop({**tables, "ground_truth/customers": truth}, directory)
+    shop = read_shop(directory)
+    as_of = shop.latest()
+    snapshot = snapshot_of(shop, as_of, truth)
+    recipients = (
+        shop.customers.select("customer_id", opted_out=~pl.col("email_opt_in"))
+        .collect()
+        .sort("customer_id")
+    )
+    log = DecisionLog(f"sqlite:///{directory.parent / 'decisions.db'}")
+    for name in ("june", "july"):  # two campaigns: two independent holdout draws
+        context = Context(campaign=name)
+        rows = decide(snapshot, recipients, context, SETTINGS, as_of, batch_id=name)
+        log.append(name, as_of, rows)
+    decisions = log.read()
+    log.close()
+    return directory, shop, truth, decisions
+
+
+def report_of(shop, responses, decisions):
+    attributed = outcomes(decisions, with_responses(shop, responses), DAYS)
+    return summarise_campaign(attributed, DAYS)
+
+
+def test_same_seed_same_responses_from_public_inputs_only(campaign):
+    directory, shop, truth, decisions = campaign
+    june = decisions.filter(pl.col("campaign") == "june")
+    first = respond(shop, truth, june, DAYS, seed=1)
+    # the same from a fresh read of the shop, the truth file and an exported decisions file
+    exported = directory.parent / "june.parquet"
+    june.write_parquet(exported)
+    again = respond(read_shop(directory), read_truth(directory), pl.read_parquet(exported),
+                    DAYS, seed=1)  # fmt: skip
+    other = respond(shop, truth, june, DAYS, seed=2)
+    assert first.orders.equals(again.orders)
+    assert first.email_events.equals(again.email_events)
+    assert first.planted == again.planted
+    assert not first.orders.equals(other.orders)
+    # planted values are expectations: they do not change with the draws
+    assert first.planted["comparisons"] == other.planted["comparisons"]
+
+
+def test_every_event_falls_in_its_decisions_window(campaign):
+    _, shop, truth, decisions = campaign
+    june = decisions.filter(pl.col("campaign") == "june")
+    responses = respond(shop, truth, june, DAYS, seed=0)
+    starts = responses.expected.select("customer_id", "start_at", "send")
+    sends = responses.email_events.filter(pl.col("event_type") == "send")
+    after = responses.email_events.filter(pl.col("event_type") != "send")
+    for frame, at in ((responses.orders, "ordered_at"), (after, "occurred_at")):
+        joined = frame.join(starts, on="customer_id")
+        assert joined.height == frame.height  # one decision per customer in this campaign
+        assert (joined[at] > joined["start_at"]).all()
+        assert (joined[at] <= joined["start_at"] + timedelta(days=DAYS)).all()
+    sent = sends.join(starts, on="customer_id")
+    assert sent["send"].all() and (sent["occurred_at"] == sent["start_at"]).all()
+    # held-out recipients get no mail but still buy at their baseline rate
+    held = june.filter(pl.col("holdout_kind") == "global")["customer_id"]
+    assert not responses.email_events["customer_id"].is_in(held.implode()).any()
+    assert responses.orders["customer_id"].is_in(held.implode()).any()
+    assert responses.email_events["machine_open"].any()
+
+
+def test_machine_opens_do_not_depend_on_what_was_sent(campaign):
+    _, shop, truth, decisions = campaign
+    june = decisions.filter(pl.col("campaign") == "june")
+    responses = respond(shop, truth, june, DAYS, seed=0)
+    machine = responses.email_events.filter(pl.col("machine_open"))["customer_id"]
+    sent = responses.expected.filter(pl.col("send"))
+    planted_openers = sent.filter(pl.col("machine_opener"))["customer_id"]
+    assert machine.sort().equals(planted_openers.sort())  # every send to them, nothing else
+    # with the best send hour and products for everyone, the same machine opens
+    better = june.with_columns(
+        send_at=pl.col("send_at").dt.truncate("1d") + pl.duration(hours=12),
+    )
+    again = respond(shop, truth, better, DAYS, seed=0)
+    assert (
+        again.email_events.filter(pl.col("machine_open"))["customer_id"]
+        .sort()
+        .equals(machine.sort())
+    )
+
+
+def test_the_report_covers_the_planted_values(campaign):
+    """Each seed is a fresh draw of the responses to the same decisions: the report's 95%
+    interval should cover the planted value about 19 times in 20."""
+    _, shop, truth, decisions = campaign
+    covered, misses = 0, []
+    checked = 0
+    seeds = range(5)
+    for campaign_name in ("june", "july"):
+        logged = decisions.filter(pl.col("campaign") == campaign_name)
+        for seed in seeds:
+            responses = respond(shop, truth, logged, DAYS, seed=seed)
+            summary = report_of(shop, responses, logged)
+            names = {c["name"] for c in responses.planted["comparisons"]}
+            assert set(summary.names) == names
+            for c in summary.comparisons:
+                truth_value = planted_value(responses.planted, c.name, c.metric)
+                assert (c.n_treated, c.n_control) == (
+                    truth_value["n_treated"],
+                    truth_value["n_control"],
+                )
+                checked += 1
+                if c.ci_low <= truth_value["effect"] <= c.ci_high:
+                    covered += 1
+                else:
+                    misses.append((campaign_name, seed, c.name, c.metric))
+            primary = summary.comparison("mailed vs global holdout", "conversion")
+            planted = planted_value(responses.planted, primary.name, "conversion")["effect"]
+            assert primary.ci_low <= planted <= primary.ci_high, (campaign_name, seed)
+    assert checked >= 2 * len(seeds) * 6 * 5  # global, campaign, 3 features, 2 arms at least
+    assert covered / checked >= 0.9, misses
+
+
+def test_personal_beats_popular_and_the_report_sees_it(campaign):
+    _, shop, truth, decisions = campaign
+    june = decisions.filter(pl.col("campaign") == "june")
+    responses = respond(shop, truth, june, DAYS, seed=0)
+    summary = report_of(shop, responses, june)
+    name = "personal vs popular products"
+    for metric in ("click_rate", "conversion", "revenue_per_recipient"):
+        assert planted_value(responses.planted, name, metric)["lift"] > 0, metric
+    # clicks are where 3,000 customers can see it: significant, and of the planted sign
+    # (conversion's planted lift, under a point, is within its noise at this size)
+    assert summary.comparison(name, "click_rate").ci_low > 0
+    # the personal hour beats the fallback hour on opens, planted and measured
+    hour = "personal vs fallback send hour"
+    assert planted_value(responses.planted, hour, "open_rate")["lift"] > 0
+    assert summary.comparison(hour, "open_rate").ci_low > 0
+
+
+def test_opens_peak_near_the_planted_hour(campaign):
+    _, shop, truth, decisions = campaign
+    responses = respond(shop, truth, decisions, DAYS, seed=0)
+    expected = responses.expected.filter(pl.col("send"))
+    # the open rate falls with the distance between the send hour and the planted hour
+    opened = responses.email_events.filter(
+        (pl.col("event_type") == "open") & ~pl.col("machine_open")
+    ).select("customer_id", "campaign_id", opened=pl.lit(True))
+    by_distance = (
+        expected.join(
+            opened,
+            left_on=["customer_id", "campaign"],
+            right_on=["customer_id", "campaign_id"],
+            how="left",
+        )  # fmt: skip
+        .with_columns(near=pl.col("hour_distance") < 1)
+        .group_by("near")
+        .agg(rate=pl.col("opened").fill_null(False).mean(), n=pl.len())
+    )
+    rates = dict(zip(by_distance["near"], by_distance["rate"], strict=True))
+    assert rates[True] > 1.3 * rates[False]
+    # and opens themselves happen near the planted local hour
+    human = responses.email_events.filter(
+        (pl.col("event_type") == "open") & ~pl.col("machine_open")
+    ).join(truth.select("customer_id", "timezone", "preferred_hour"), on="customer_id")
+    local = with_local_time(human.lazy(), truth["timezone"].unique().to_list()).collect()
+    gap = (local["local_at"].dt.hour().cast(pl.Int64) - local["preferred_hour"]).abs()
+    assert (np.minimum(gap, 24 - gap) <= 1).mean() > 0.6
+
+
+def test_fatigue_raises_unsubscribes_and_discounts_lower_revenue(campaign):
+    _, shop, truth, decisions = campaign
+    both = expectations(shop, truth, decisions, DAYS)  # july's sends follow june's
+    sent = both.filter(pl.col("send"))
+    by_recent = sent.group_by(pl.col("recent_sends") > 0).agg(pl.col("p_unsubscribe").mean())
+    rates = dict(zip(by_recent["recent_sends"], by_recent["p_unsubscribe"], strict=True))
+    assert rates[True] > rates[False]
+    ten_off = sent.filter(pl.col("offer") == "10_off")
+    assert (ten_off["discount"] == 0.10).all()
+    responses = respond(shop, truth, decisions, DAYS, seed=0)
+    paid = responses.orders.with_columns(
+        decision_id=pl.col("order_id").str.extract(r"^resp-(.+)-[bmo]$")
+    ).join(both.select("decision_id", "offer", "send"), on="decision_id")
+    off = (pl.col("offer") == "10_off") & pl.col("send")
+    assert paid.filter(off).height > 10
+    assert (paid.filter(off)["discount"] == 0.10).all()
+    assert (paid.filter(~off)["discount"] == 0.0).all()
+
+
+def test_no_planted_effect_gives_intervals_around_zero(campaign):
+    """An A/A check: with no product affinity, the planted personal-vs-popular click effect
+    is nil and the report's interval covers zero."""
+    _, shop, truth, decisions = campaign
+    june = decisions.filter(pl.col("campaign") == "june")
+    flat = ResponseModel(affinity_lift=0.0)
+    responses = respond(shop, truth, june, DAYS, seed=0, model=flat)
+    name = "personal vs popular products"
+    planted = planted_value(responses.planted, name, "click_rate")
+    summary = report_of(shop, responses, june)
+    measured = summary.comparison(name, "click_rate")
+    assert abs(planted["effect"]) < 0.01  # only the send hours differ a little
+    assert measured.ci_low <= 0 <= measured.ci_high
+
+
+def test_appended_shop_passes_the_contract_and_carries_the_planted_values(tmp_path, campaign):
+    directory, shop, truth, decisions = campaign
+    june = decisions.filter(pl.col("campaign") == "june")
+    copy = tmp_path / "shop"
+    write_shop({**shop.collect(), "ground_truth/customers": truth}, copy)
+    responses = respond(read_shop(copy), read_truth(copy), june, DAYS, seed=4)
+    append_responses(copy, responses)
+    grown = read_shop(copy)  # validates every row of every table
+    counts = pl.collect_all([grown.orders.select(pl.len()), grown.email_events.select(pl.len())])
+    assert counts[0].item() == shop.orders.select(pl.len()).collect().item() + len(responses.orders)
+    assert counts[1].item() == shop.email_events.select(pl.len()).collect().item() + len(
+        responses.email_events
+    )
+    planted = json.loads((copy / PLANTED_FILE).read_text())
+    assert planted["comparisons"] == json.loads(json.dumps(responses.planted["comparisons"]))
+    # the report from the appended shop on disk equals the in-memory one
+    on_disk = summarise_campaign(outcomes(june, grown, DAYS), DAYS)
+    in_memory = report_of(shop, responses, june)
+    assert [c.effect for c in on_disk.comparisons] == pytest.approx(
+        [c.effect for c in in_memory.comparisons]
+    )
+    with pytest.raises(Exception, match="responded to before"):
+        append_responses(copy, responses)
+    assert read_shop(copy).orders.select(pl.len()).collect().item() == counts[0].item()
