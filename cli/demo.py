@@ -28,8 +28,8 @@ from sendwise.serving.engine import Champions, export_decisions
 from sendwise.store import registry
 from sendwise.store.decisions import DecisionLog
 from sendwise.store.files import atomic_path, write_frame
-from sendwise.training.backtest import PRIMARY_METRIC
 from sendwise.training.offers import train_offer
+from sendwise.training.promote import promote
 from sendwise.training.train import MODELS, train
 
 HORIZON_DAYS = 30
@@ -139,15 +139,15 @@ def run_demo(workdir: Path, customers: int, out: Console) -> None:
         for task in MODELS:
             stage(f"Training {task} (MLflow: {registry.tracking_uri()})")
             trained.append(train(task, shop, as_of, HORIZON_DAYS, DEMO_SETTINGS.get(task)))
-            registry.promote(task, PRIMARY_METRIC[task])
+            promote(task, shop.name, shop)
         stage("Learning offer uplift from the randomised campaign")
         campaign = campaign_experiment(shop)
         offer = train_offer(campaign)
-        registry.promote("offer", PRIMARY_METRIC["offer"])
+        promote("offer", shop.name, shop)
         stage(f"Scoring every customer with the champions (campaign {CAMPAIGN!r})")
         decision_log = DecisionLog()
         decisions = export_decisions(
-            Champions.load(),
+            Champions.load(shop.name),
             shop,
             as_of,
             workdir / "decisions.parquet",
@@ -203,7 +203,7 @@ def run_demo(workdir: Path, customers: int, out: Console) -> None:
         + f"; holdout {decisions['holdout'].mean():.1%}"
     )
     out.print(
-        f"[bold]Decision log[/bold] {decision_log.engine.url.render_as_string(hide_password=True)}"
+        f"[bold]Decision log[/bold] {decision_log.address}"
         f": these {len(decisions):,} as campaign {CAMPAIGN!r} "
         f"(read them back: sendwise decisions export --campaign {CAMPAIGN} --out FILE)",
         highlight=False,

@@ -9,6 +9,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 
+import json
 import logging
 import sys
 import time
@@ -25,7 +26,7 @@ from rich.console import Console
 
 from sendwise.errors import SendwiseError
 from sendwise.features.clock import parse_as_of
-from sendwise.features.shop import read_shop, write_shop
+from sendwise.features.shop import EXPERIMENTS, check_shop_name, read_shop, shop_name, write_shop
 from sendwise.store.files import write_frame
 from sendwise.store.settings import home
 
@@ -51,6 +52,31 @@ ShopDir = Annotated[Path, typer.Option("--shop", help="Shop directory (Parquet o
 AsOf = Annotated[
     str, typer.Option("--as-of", help="Cut-off: YYYY-MM-DD (end of day, UTC) or ISO timestamp.")
 ]
+ShopNameOption = Annotated[
+    str | None,
+    typer.Option("--name", help="The shop's name in shop.toml (default: the directory's name)."),
+]
+ShopName = Annotated[
+    str | None,
+    typer.Option(
+        "--shop-name",
+        help=f"Whose models: a shop's name (default for experiment files: {EXPERIMENTS}).",
+    ),
+]
+
+
+def _shop_choice(shop: Path | None, name: str | None, default: str | None = EXPERIMENTS):
+    """(the shop's name, its data if a directory was named) from --shop DIR / --shop-name."""
+    if shop is not None:
+        data = read_shop(shop)
+        if name is not None and check_shop_name(name) != data.name:
+            raise SendwiseError(f"--shop {shop} is shop {data.name}, not --shop-name {name}")
+        return data.name, data
+    if name is not None:
+        return check_shop_name(name), None
+    if default is None:
+        raise SendwiseError("name the shop: --shop DIR or --shop-name NAME")
+    return default, None
 
 
 @app.callback()
@@ -67,8 +93,10 @@ def simulate_command(
     customers: Annotated[int, typer.Option(min=1, help="Number of customers.")] = 10_000,
     seed: Annotated[int, typer.Option(help="Random seed; same seed, same shop.")] = 0,
     end: Annotated[str, typer.Option(help="Last day of the shop's history.")] = "2026-06-30",
+    name: ShopNameOption = None,
 ) -> None:
-    """Write a synthetic shop (all six tables) with its ground truth in ground_truth/."""
+    """Write a synthetic shop (all six tables) with its ground truth in ground_truth/, and its
+    name in shop.toml."""
     from sendwise.features.simulate import SimulationSettings, simulate
 
     settings = SimulationSettings(customers=customers, seed=seed, end=parse_as_of(end))
@@ -76,25 +104,29 @@ def simulate_command(
     with console.status(f"Simulating {customers:,} customers..."):
         tables, truth = simulate(settings)
     with console.status(f"Writing {out_dir}..."):
-        write_shop({**tables, "ground_truth/customers": truth}, out_dir)
-    rows = ", ".join(f"{name} {len(frame):,}" for name, frame in tables.items())
-    out.print(f"Wrote {out_dir} in {time.perf_counter() - started:.1f}s: {rows}")
+        write_shop({**tables, "ground_truth/customers": truth}, out_dir, name)
+    rows = ", ".join(f"{table} {len(frame):,}" for table, frame in tables.items())
+    out.print(
+        f"Wrote {out_dir} (shop {shop_name(out_dir)}) in {time.perf_counter() - started:.1f}s: "
+        f"{rows}"
+    )
 
 
 @import_app.command("online-retail")
 def import_online_retail(
     file: Annotated[Path, typer.Argument(help="UCI Online Retail .csv, .csv.gz or .xlsx.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Shop directory to write.")],
+    name: ShopNameOption = None,
 ) -> None:
     """Import the UCI Online Retail data set; prints what was kept and dropped, and why."""
     from sendwise.features import online_retail
 
     with console.status(f"Reading {file}..."):
         tables, summary = online_retail.convert(file)
-        write_shop(tables, out_dir)
+        write_shop(tables, out_dir, name)
     for line in summary.lines():
         out.print(line)
-    out.print(f"Wrote {out_dir}")
+    out.print(f"Wrote {out_dir} (shop {shop_name(out_dir)})")
 
 
 @features_app.command("build")
@@ -188,20 +220,42 @@ def _experiment(
     return campaign_experiment(read_shop(shop), campaign, window_days, outcome or "conversion")
 
 
-def _train_offer(experiment_args: tuple) -> None:
+def _train_offer(experiment_args: tuple, name: str | None = None) -> None:
+    from dataclasses import replace
+
     from sendwise.training.offers import train_offer
 
     with console.status("Reading the experiment..."):
         table = _experiment(*experiment_args)
+    tags = {}
+    experiment, shop, _, window_days = experiment_args[:4]
+    if experiment is None:  # the shop's own campaign: its models are the shop's
+        if name is not None and check_shop_name(name) != table.shop:
+            raise SendwiseError(f"--shop {shop} is shop {table.shop}, not --shop-name {name}")
+        tags = {"shop_dir": str(shop.resolve()), "window_days": str(window_days)}
+    else:
+        table = replace(table, shop=check_shop_name(name) if name else EXPERIMENTS)
     with console.status(f"Training offer uplift on {len(table.frame):,} customers..."):
-        result = train_offer(table)
+        result = train_offer(table, tags)
     shown = ", ".join(
         f"{k} {v:.4f}" for k, v in result.metrics.items() if k in ("uplift_at_30", "qini_auc")
     )
     out.print(
-        f"{result.registered.name} v{result.registered.version} is the challenger (arms "
+        f"{_registered(result.registered)} (shop {table.shop}; arms "
         f"{', '.join(result.model.arms)}; held-out 30%: {shown})"
     )
+
+
+def _registered(registered) -> str:
+    """What really became the challenger: this version, or one another run registered since."""
+    if registered.is_challenger:
+        return f"{registered.name} v{registered.version} is the challenger"
+    if registered.challenger:
+        return (
+            f"{registered.name} v{registered.version} is registered; the challenger is "
+            f"v{registered.challenger}, registered by another run since"
+        )
+    return f"{registered.name} v{registered.version} is registered"
 
 
 @app.command("train")
@@ -218,8 +272,9 @@ def train_command(
     revenue: Revenue = None,
     campaign: Campaign = None,
     window_days: WindowDays = 14,
+    shop_name_: ShopName = None,
 ) -> None:
-    """Validate, fit, log to MLflow and register the model as `challenger`.
+    """Validate, fit, log to MLflow and register the model as the shop's `challenger`.
 
     Shop models validate out of time (the H days before the cut-off); the offer model learns
     from a randomised experiment (a file, or the shop's latest campaign) and validates on a
@@ -239,7 +294,7 @@ def train_command(
         revenue,
     )
     if task is Task.offer:
-        _train_offer(experiment_args)
+        _train_offer(experiment_args, shop_name_)
         return
     if shop is None or as_of is None:
         raise SendwiseError(f"train {task.value} needs --shop and --as-of")
@@ -257,7 +312,7 @@ def train_command(
                 continue
             shown = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items() if k != "customers")
             out.print(
-                f"{result.registered.name} v{result.registered.version} is the challenger "
+                f"{_registered(result.registered)} "
                 f"(validation on the {horizon_days} days before the cut-off: {shown})"
             )
     if task is Task.all and "assignments" in data.present:
@@ -301,33 +356,116 @@ def tune_command(
             study,
             progress=lambda _: progress.advance(bar),
         )
+    registered = result.trained.registered
     out.print(
         f"Study {result.study_name}: {result.trials} trials ({result.pruned} pruned), best "
-        f"validation ROC-AUC {result.best_value:.4f} with {result.best_params}"
+        f"validation ROC-AUC {result.best_value:.4f} (as registered: v{registered.version}) "
+        f"with {result.best_params}"
     )
-    registered = result.trained.registered
-    out.print(f"{registered.name} v{registered.version} is the challenger (best trial)")
+    if result.kept:
+        out.print(f"{registered.name}: {result.kept}")
+    else:
+        out.print(f"{registered.name} v{registered.version} is the challenger (best trial)")
+
+
+Version = Annotated[
+    str | None, typer.Option("--version", help="Make this version champion (a deliberate choice).")
+]
 
 
 @app.command("promote")
 def promote_command(
     task: Annotated[Task, typer.Argument(help="Which model to promote.")],
+    shop: OptionalShop = None,
+    name: ShopName = None,
+    version: Version = None,
 ) -> None:
-    """Make the challenger the champion, only if its validation beats the champion's."""
+    """Make the shop's challenger the champion only if it beats the champion on the same
+    validation data (the challenger's window; the champion is scored there too); or, with
+    --version N, that version. Exits 1 when refused."""
     from sendwise.store import registry
-    from sendwise.training.backtest import PRIMARY_METRIC
+    from sendwise.training.promote import promote
     from sendwise.training.train import MODELS
 
-    refused = False
+    owner, data = _shop_choice(shop, name)
+    if version is not None and task is Task.all:
+        raise SendwiseError("--version names one model's version: promote MODEL --version N")
+    refused, tried = False, 0
     names = [*MODELS, "offer"] if task is Task.all else [task.value]
-    for name in names:
-        if task is Task.all and name == "offer" and not registry.alias_version(name, "challenger"):
-            continue
-        result = registry.promote(name, PRIMARY_METRIC[name])
-        out.print(result.message)
-        refused |= not result.promoted
-    if refused:
+    with console.status("Scoring challenger and champion on the same data..."):
+        for model in names:
+            if task is Task.all and not registry.alias_version(owner, model, "challenger"):
+                continue
+            result = promote(model, owner, data, version)
+            out.print(result.message, markup=False, highlight=False)
+            refused, tried = refused or not result.promoted, tried + 1
+    if not tried:
+        out.print(f"shop {owner} has no challenger in {registry.tracking_uri()}; train one first")
+    if refused or not tried:
         raise typer.Exit(1)
+
+
+@app.command("rollback")
+def rollback_command(
+    task: Annotated[Task, typer.Argument(help="Which model to roll back.")],
+    shop: OptionalShop = None,
+    name: ShopName = None,
+) -> None:
+    """Return the shop's champion to the previous champion (as the registry recorded it)."""
+    from sendwise.store import registry
+    from sendwise.training.train import MODELS
+
+    owner, _ = _shop_choice(shop, name)
+    names = [*MODELS, "offer"] if task is Task.all else [task.value]
+    for model in names:
+        if task is Task.all and not registry.alias_version(owner, model, "champion"):
+            continue
+        out.print(registry.rollback(owner, model), markup=False, highlight=False)
+
+
+models_app = typer.Typer(help="The registry's models, per shop.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("list")
+def models_list(
+    shop: OptionalShop = None,
+    name: ShopName = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
+) -> None:
+    """Each model's versions of a shop (default: every shop): aliases, validation figure, data
+    window, when trained."""
+    import json
+    from dataclasses import asdict
+
+    from rich.table import Table
+
+    from sendwise.store import registry
+
+    owner = _shop_choice(shop, name, default=None)[0] if shop or name else None
+    versions = registry.list_versions(owner)
+    if as_json:
+        shops: dict[str, dict[str, list]] = {}
+        for v in versions:
+            row = {k: val for k, val in asdict(v).items() if k not in ("shop", "task")}
+            shops.setdefault(v.shop, {}).setdefault(v.task, []).append(row)
+        document = {"tracking_uri": registry.tracking_uri(), "shops": shops}
+        print(json.dumps(document, indent=2))
+        return
+    if not versions:
+        where = f"shop {owner}" if owner else "any shop"
+        out.print(f"No models of {where} in {registry.tracking_uri()}")
+        return
+    for owner_name in sorted({v.shop for v in versions}):
+        table = Table(title=f"shop {owner_name}", title_justify="left")
+        for column in ("model", "version", "aliases", "validation", "data window", "trained at"):
+            table.add_column(column, overflow="fold")
+        for v in (v for v in versions if v.shop == owner_name):
+            figure = f"{v.metric} {v.value:.4f}" if v.value is not None else "-"
+            trained = (v.trained_at or "-")[:16].replace("T", " ")
+            aliases = ", ".join(v.aliases) or "-"
+            table.add_row(v.task, v.version, aliases, figure, v.data_window or "-", trained)
+        out.print(table)
 
 
 @app.command("backtest")
@@ -407,17 +545,16 @@ def score_command(
 
     cutoff, started = parse_as_of(as_of), time.perf_counter()
     settings = load_settings(config)
-    with console.status("Loading champions..."):
-        champions = Champions.load()
+    data = read_shop(shop)
+    with console.status(f"Loading shop {data.name}'s champions..."):
+        champions = Champions.load(data.name)
     with console.status("Scoring..."):
-        decisions = export_decisions(
-            champions, read_shop(shop), cutoff, out_file, settings, campaign
-        )
+        decisions = export_decisions(champions, data, cutoff, out_file, settings, campaign)
     sent, held = decisions["send"].sum(), decisions["holdout"].sum()
     out.print(
         f"Wrote {out_file}: {len(decisions):,} decisions ({sent:,} to send, {held:,} held out) "
         f"in {time.perf_counter() - started:.1f}s, logged as campaign {campaign!r} "
-        f"(models {champions.version_label})"
+        f"(shop {data.name}'s models {champions.version_label})"
     )
 
 
@@ -456,7 +593,7 @@ def decisions_export(
     decision_log = DecisionLog()
     frame = decision_log.read(start, campaign)
     write_frame(frame, out_file)
-    out.print(f"Wrote {out_file}: {len(frame):,} decisions from {decision_log.url}")
+    out.print(f"Wrote {out_file}: {len(frame):,} decisions from {decision_log.address}")
 
 
 def _offer_policy(margin: float, exploration: float, holdout: float, max_share: list[str]):
@@ -496,6 +633,7 @@ def score_experiment_command(
     control: Control = None,
     outcome: Outcome = None,
     exclude: Exclude = None,
+    name: ShopName = None,
 ) -> None:
     """Per customer: predicted uplift of each arm, expected incremental profit, chosen arm.
 
@@ -507,8 +645,9 @@ def score_experiment_command(
     from sendwise.models.uplift import OfferModel
     from sendwise.store import registry
 
+    owner = check_shop_name(name) if name else EXPERIMENTS
     with console.status("Loading the offer champion..."):
-        path, version = registry.download("offer")
+        path, version = registry.download(owner, "offer")
         model = OfferModel.load(path)
     given = {"arm_col": arm_col, "control": control, "outcome": outcome}
     if exclude is not None:
@@ -526,7 +665,11 @@ def score_experiment_command(
     frame = read_table_file(experiment)
     missing = [c for c in model.feature_names if c not in frame.columns]
     if missing:
-        raise SendwiseError(f"{experiment}: no column {', '.join(missing[:5])} (model features)")
+        raise SendwiseError(
+            f"{experiment}: no column {', '.join(missing[:5])} that the offer champion v{version} "
+            f"of shop {owner} reads; fix: score a file with its columns, or train and promote "
+            f"one on this file: sendwise train offer --experiment {experiment} --shop-name {owner}"
+        )
     ids = frame[ID].to_list() if ID in frame.columns else [str(i) for i in range(len(frame))]
     policy = _offer_policy(margin, exploration, holdout, max_share or [])
     decisions = policy.decide(model, frame.select(model.feature_names), ids)
@@ -574,6 +717,45 @@ def report_uplift_command(
     out.print(summary.headline())
 
 
+@report_app.command("campaign")
+def report_campaign_command(
+    shop: ShopDir,
+    out_file: Annotated[Path, typer.Option("--out", help="The HTML page to write.")],
+    campaign: Annotated[
+        str | None, typer.Option("--campaign", help="Only this campaign's decisions.")
+    ] = None,
+    days: Annotated[
+        int, typer.Option("--days", min=1, help="Days after each send that count.")
+    ] = 7,
+    json_file: Annotated[
+        Path | None, typer.Option("--json", help="Also write the figures as JSON.")
+    ] = None,
+) -> None:
+    """What the logged decisions earned: each randomised comparison (mailed vs holdouts,
+    personal vs popular products and vs the fallback hour, each offer arm), with 95% CIs,
+    by segment, the usual KPIs, and a plain-words headline; one self-contained HTML page."""
+    from sendwise.reports.campaign import render_campaign, summarise_campaign
+    from sendwise.reports.outcomes import outcomes
+    from sendwise.store.decisions import DecisionLog
+    from sendwise.store.files import atomic_path
+
+    decision_log = DecisionLog()
+    decisions = decision_log.read(campaign=campaign)
+    if decisions.is_empty():
+        where = f" for campaign {campaign}" if campaign else ""
+        raise SendwiseError(f"no decisions{where} in the decision log ({decision_log.address})")
+    with console.status(f"Joining {len(decisions):,} decisions with what followed..."):
+        summary = summarise_campaign(outcomes(decisions, read_shop(shop), days), days, campaign)
+        page = render_campaign(summary)
+    with atomic_path(out_file) as staging:
+        staging.write_text(page, encoding="utf-8")
+    if json_file is not None:
+        with atomic_path(json_file) as staging:
+            staging.write_text(json.dumps(summary.to_json(), indent=2), encoding="utf-8")
+    out.print(f"Wrote {out_file}" + (f" and {json_file}" if json_file else ""))
+    out.print(summary.headline())
+
+
 @app.command("serve")
 def serve_command(
     shop: Annotated[
@@ -612,10 +794,12 @@ def serve_command(
         raise SendwiseError(
             "no API keys: set SENDWISE_API_KEYS (comma-separated), or pass --insecure-dev"
         )
+    owner = shop_name(shop)
     for task in ("propensity", "sendtime"):
-        if registry.alias_version(task, registry.CHAMPION) is None:
+        if registry.alias_version(owner, task, registry.CHAMPION) is None:
             raise SendwiseError(
-                f"no champion {task} model: run `sendwise train all` and `sendwise promote all`"
+                f"no champion {task} model of shop {owner}: run `sendwise train all --shop {shop}"
+                f" --as-of DATE` and `sendwise promote all --shop {shop}`"
             )
     os.environ.update(
         SENDWISE_SHOP=str(shop.resolve()),

@@ -36,13 +36,16 @@ def main() -> None:
         small, large = work / "small", work / "large"
         trained = None  # reused from an earlier run in --work
         if not small.is_dir():
-            run_cli(["simulate", "--customers", "20000", "--seed", "1", "--out", str(small)], env)
+            simulate = ["simulate", "--customers", "20000", "--seed", "1", "--name", "bench"]
+            run_cli([*simulate, "--out", str(small)], env)
             train = ["train", "all", "--shop", str(small), "--as-of", AS_OF, "--horizon-days", "30"]
             trained = run_cli(train, env)
-            run_cli(["promote", "all"], env)
+            run_cli(["promote", "all", "--shop", str(small)], env)
         if not large.is_dir():
             customers = str(args.customers)
-            run_cli(["simulate", "--customers", customers, "--seed", "0", "--out", str(large)], env)
+            # the same shop at scale: its name (shop.toml) finds the champions trained on `small`
+            simulate = ["simulate", "--customers", customers, "--seed", "0", "--name", "bench"]
+            run_cli([*simulate, "--out", str(large)], env)
         score = ["score", "--shop", str(large), "--as-of", AS_OF, "--out"]
         runs = [run_cli([*score, str(work / "decisions.parquet")], env) for _ in range(args.repeat)]
     result = {

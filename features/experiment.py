@@ -22,7 +22,7 @@ import polars as pl
 from . import expressions as fx
 from .builders import customer_features, purchase_lines
 from .contract import ContractError
-from .shop import Shop
+from .shop import EXPERIMENTS, Shop
 
 ID = "customer_id"
 SHOP_OUTCOMES = ("visit", "conversion", "revenue")
@@ -52,6 +52,7 @@ class Experiment:
     spec: ExperimentSpec
     source: str
     outcomes: tuple[str, ...] = field(default=())  # every outcome column the table carries
+    shop: str = EXPERIMENTS  # whose models: a shop's campaign, or `--shop-name` for a file
 
     @property
     def features(self) -> pl.DataFrame:
@@ -76,7 +77,7 @@ class Experiment:
         return self.arm != self.spec.control
 
     def subset(self, rows: np.ndarray) -> Experiment:
-        return Experiment(self.frame[rows], self.spec, self.source, self.outcomes)
+        return Experiment(self.frame[rows], self.spec, self.source, self.outcomes, self.shop)
 
 
 def _fail(source: str, message: str) -> ContractError:
@@ -206,7 +207,7 @@ def campaign_experiment(
         frame = frame.drop("propensity")  # not logged: the learner assumes the observed shares
     spec = ExperimentSpec(control=_control_arm(frame["arm"]), outcome=outcome, revenue="revenue")
     return check_experiment(
-        Experiment(frame, spec, f"campaign {campaign_id}", outcomes=SHOP_OUTCOMES),
+        Experiment(frame, spec, f"campaign {campaign_id}", outcomes=SHOP_OUTCOMES, shop=shop.name),
         leak_check=False,
     )
 

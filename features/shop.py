@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import re
+import tomllib
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -24,6 +26,41 @@ from .contract import (
 log = logging.getLogger(__name__)
 
 SUFFIXES = (".parquet", ".csv", ".csv.gz")
+SHOP_FILE = "shop.toml"  # `name = "..."`: whose models these are in the registry
+EXPERIMENTS = "experiments"  # the shop an experiment file's models belong to by default
+NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+
+
+def check_shop_name(name: str, where: str = "--shop-name") -> str:
+    """A shop name as the registry keys models by it: lower-case letters, digits, `_`, `-`."""
+    if not NAME.fullmatch(name):
+        raise ContractError(
+            f"{where}: {name!r} is not a shop name (lower-case letters, digits, _ and -, "
+            "starting with a letter or digit, at most 63)"
+        )
+    return name
+
+
+def name_from_directory(directory: Path) -> str:
+    """A directory's name made into a shop name: `Shops/My Shop` -> `my-shop`."""
+    slug = re.sub(r"[^a-z0-9_-]+", "-", directory.resolve().name.lower()).strip("-_")
+    return slug[:63] or "shop"
+
+
+def shop_name(directory: str | Path) -> str:
+    """The shop's name: `name` in its `shop.toml`, else the directory's name."""
+    directory = Path(directory)
+    path = directory / SHOP_FILE
+    if not path.is_file():
+        return name_from_directory(directory)
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise ContractError(f"{path}: not valid TOML: {error}") from error
+    name = document.get("name")
+    if not isinstance(name, str):
+        raise ContractError(f'{path}: no name = "..." in it')
+    return check_shop_name(name, str(path))
 
 
 @dataclass(frozen=True)
@@ -37,6 +74,8 @@ class Shop:
     email_events: pl.LazyFrame
     assignments: pl.LazyFrame
     present: frozenset[str]
+    name: str = "shop"  # whose models: the registry keeps each shop's models apart
+    directory: Path | None = None  # where it was read from
 
     def table(self, name: str) -> pl.LazyFrame:
         return getattr(self, name)
@@ -139,19 +178,29 @@ def read_shop(directory: str | Path, validate: bool = True) -> Shop:
             continue
         frames[name] = read_table(path, table, validate)
         present.add(name)
-    shop = Shop(**frames, present=frozenset(present))
+    shop = Shop(
+        **frames,
+        present=frozenset(present),
+        name=shop_name(directory),
+        directory=directory.resolve(),
+    )
     if shop.missing:
         log.info("shop %s has no %s table(s)", directory, ", ".join(shop.missing))
     return shop
 
 
-def write_shop(tables: dict[str, pl.DataFrame], directory: str | Path) -> Path:
-    """Write tables as `<name>.parquet` into `directory`, all at once or not at all.
+def write_shop(
+    tables: dict[str, pl.DataFrame], directory: str | Path, name: str | None = None
+) -> Path:
+    """Write tables as `<name>.parquet` into `directory`, all at once or not at all, with
+    the shop's name in `shop.toml` (default: the directory's name).
 
     A name with a slash (`ground_truth/customers`) goes into a sub-directory.
     """
     directory = Path(directory)
+    name = check_shop_name(name) if name else name_from_directory(directory)
     with atomic_path(directory, directory=True) as staging:
+        (staging / SHOP_FILE).write_text(f'name = "{name}"\n', encoding="utf-8")
         for name, frame in tables.items():
             target = staging / f"{name}.parquet"
             target.parent.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,8 @@
 """The decision engine: champion models turned into a `Snapshot` of every known customer, and
 batch decisions from it through the one policy (`sendwise.policy.decide`).
 
-`Champions.load()` resolves the `champion` alias of each model through the registry room;
+`Champions.load(shop)` resolves the `champion` alias of each of the shop's models through the
+registry room, and a champion that does not fit the data is refused in one line;
 `build_snapshot` scores a shop known at T; `score_batch` decides for every customer in it,
 exactly as the API would for each of them with the same context and clock.
 """
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import polars as pl
 
+from sendwise.errors import SendwiseError
 from sendwise.features import builders
 from sendwise.features.shop import Shop
 from sendwise.models.base import COMPILE_ROWS
@@ -33,6 +35,29 @@ from sendwise.store.sends import SendHistory, send_history
 log = logging.getLogger(__name__)
 
 REASON_TREES = 20  # propensity reasons from the first trees' SHAP values: the coarse effects
+TASKS = {
+    "propensity": PurchasePropensity,
+    "sendtime": SendTimeModel,
+    "crosssell": ProductRanker,
+    "offer": OfferModel,
+}
+REQUIRED = ("propensity", "sendtime")  # decisions need these; the others are optional
+
+
+class ChampionError(SendwiseError):
+    """A shop's champion that cannot serve: its files do not load, or it reads columns the
+    data do not have. Names the model and version, so a server can fall back from it."""
+
+    def __init__(self, message: str, shop: str, task: str, version: str):
+        super().__init__(message)
+        self.shop, self.task, self.version = shop, task, version
+
+
+def fix_hint(shop: str, task: str) -> str:
+    return (
+        f"fix: sendwise rollback {task} --shop-name {shop}, or train one on this shop's data "
+        f"and promote it (sendwise train {task} --shop DIR; sendwise promote {task} --shop DIR)"
+    )
 
 
 @dataclass(frozen=True)
@@ -42,6 +67,7 @@ class Champions:
     versions: dict[str, str]
     products: ProductRanker | None = None  # none trained (one product): popular products
     offer: OfferModel | None = None  # until one is champion, offers follow segment rules
+    shop: str = "shop"
 
     @property
     def version_label(self) -> str:
@@ -55,22 +81,65 @@ class Champions:
                 model.precompile()
 
     @classmethod
-    def load(cls) -> Champions:
-        paths, versions = {}, {}
-        for task in ("propensity", "sendtime"):
-            paths[task], versions[task] = registry.download(task)
-        optional = {}
-        for task, kind in (("crosssell", ProductRanker), ("offer", OfferModel)):
-            if registry.alias_version(task, registry.CHAMPION) is not None:
-                path, versions[task] = registry.download(task)
-                optional[task] = kind.load(path)
+    def load(cls, shop: str, versions: dict[str, str | None] | None = None) -> Champions:
+        """The shop's champions, or the given versions of its models (a `None` optional
+        model: none). A model whose files do not load is a `ChampionError` naming it."""
+        if versions is None:
+            versions = {}
+            for task in TASKS:
+                found = registry.alias_version(shop, task, registry.CHAMPION)
+                versions[task] = found.version if found else None
+        loaded, kept = {}, {}
+        for task, kind in TASKS.items():
+            version = versions.get(task)
+            if version is None and task in REQUIRED:
+                registry.download(shop, task)  # the registry's "no champion ..." error
+            if version is None:
+                continue
+            try:
+                path, kept[task] = registry.download(shop, task, version=version)
+                loaded[task] = kind.load(path)
+            except SendwiseError:
+                raise
+            except Exception as error:  # noqa: BLE001 - any failure to load is this model's
+                first = " ".join(str(error).split())[:200] or type(error).__name__
+                raise ChampionError(
+                    f"{registry.label(shop, task)} v{version} does not load: {first}; "
+                    + fix_hint(shop, task),
+                    shop,
+                    task,
+                    str(version),
+                ) from error
         return cls(
-            PurchasePropensity.load(paths["propensity"]),
-            SendTimeModel.load(paths["sendtime"]),
-            versions,
-            optional.get("crosssell"),
-            optional.get("offer"),
+            loaded["propensity"],
+            loaded["sendtime"],
+            kept,
+            loaded.get("crosssell"),
+            loaded.get("offer"),
+            shop,
         )
+
+    def check(self, columns: list[str]) -> None:
+        """Refuse, in one line, a champion that reads columns the data do not have."""
+        have = set(columns)
+        for task, model in (("propensity", self.propensity), ("offer", self.offer)):
+            if model is None:
+                continue
+            needed = model.feature_names_ if task == "propensity" else model.feature_names
+            missing = [c for c in needed if c not in have]
+            if missing:
+                shown = ", ".join(missing[:5])
+                if len(missing) > 5:
+                    shown += f" (first 5 of {len(missing)})"
+                version = self.versions[task]
+                raise ChampionError(
+                    f"champion {registry.label(self.shop, task)} v{version} does not fit this "
+                    f"data: it reads columns the shop's features do not have: {shown}; "
+                    + fix_hint(self.shop, task),
+                    self.shop,
+                    task,
+                    version,
+                )
 
 
 def build_snapshot(
@@ -83,6 +152,7 @@ def build_snapshot(
         champions.precompile()
     activity = builders.activity_hours(shop, as_of).collect()
     features = builders.customer_features(shop, as_of, activity.lazy()).collect()
+    champions.check(features.columns)
     reasons = champions.propensity.top_reasons(features, k=1, trees=REASON_TREES)[:, 0]
     groups = features.select("customer_id", group=pl.col("timezone"))
     lists, popular, trending = _product_lists(champions, shop, as_of, settings)

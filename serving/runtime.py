@@ -23,7 +23,7 @@ import polars as pl
 
 from sendwise.errors import SendwiseError
 from sendwise.features.clock import parse_as_of
-from sendwise.features.shop import read_shop
+from sendwise.features.shop import read_shop, shop_name
 from sendwise.policy.config import Settings, load_settings
 from sendwise.policy.decide import Snapshot, decide
 from sendwise.store import registry
@@ -31,7 +31,7 @@ from sendwise.store.decisions import DecisionLog
 from sendwise.store.sends import SendHistory, send_history
 
 from .decide import DecideRequest
-from .engine import Champions, build_snapshot
+from .engine import REQUIRED, ChampionError, Champions, build_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,11 @@ class ServeSettings:
     shop: Path
     as_of: datetime | None = None  # default: the shop's last recorded activity
     reload_seconds: float = 10.0
+    shop_name: str = ""  # whose champions: default the shop's own name (`shop.toml`, else dir)
+
+    @property
+    def name(self) -> str:
+        return self.shop_name or shop_name(self.shop)
 
     @classmethod
     def from_env(cls) -> ServeSettings:
@@ -56,19 +61,52 @@ class ServeSettings:
             Path(shop),
             parse_as_of(as_of) if as_of else None,
             float(os.environ.get("SENDWISE_RELOAD_SECONDS", "10")),
+            os.environ.get("SENDWISE_SHOP_NAME", ""),
         )
 
 
-def champion_versions() -> dict[str, str | None]:
-    found = {task: registry.alias_version(task, registry.CHAMPION) for task in TASKS}
-    return {task: version.version if version else None for task, version in found.items()}
+def champion_versions(shop: str) -> dict[str, str | None]:
+    found = {task: registry.alias_version(shop, task, registry.CHAMPION) for task in TASKS}
+    return {task: str(version.version) if version else None for task, version in found.items()}
 
 
-def load_snapshot(serve: ServeSettings, settings: Settings) -> Snapshot:
-    """Champions from the registry, scored over the shop at the snapshot time."""
+def load_snapshot(
+    serve: ServeSettings, settings: Settings, versions: dict[str, str | None] | None = None
+) -> Snapshot:
+    """The shop's champions (or these versions of its models), scored over the shop at the
+    snapshot time."""
     shop = read_shop(serve.shop)
     as_of = serve.as_of or shop.latest() or datetime.now(UTC)
-    return build_snapshot(Champions.load(), shop, as_of, settings)
+    return build_snapshot(Champions.load(serve.name, versions), shop, as_of, settings)
+
+
+def one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def load_last_good(
+    serve: ServeSettings, settings: Settings, versions: dict[str, str | None]
+) -> tuple[Snapshot | None, dict[str, str | None], list[str]]:
+    """The snapshot of the champions, or, where a champion does not load or fit the shop,
+    of the last champion before it that does (an optional model that never did: none).
+    Returns the snapshot (None when no valid model set loads), the versions it serves and a
+    line for each champion passed over."""
+    trying, problems = dict(versions), []
+    tried: dict[str, set[str]] = {task: set() for task in TASKS}
+    while True:
+        try:
+            return load_snapshot(serve, settings, trying), trying, problems
+        except ChampionError as error:
+            problems.append(one_line(error))
+            tried[error.task].add(error.version)
+            past = registry.champion_stack(registry.champion_log(serve.name, error.task))
+            earlier = [v for v in reversed(past) if v not in tried[error.task]]
+            if earlier:
+                trying[error.task] = earlier[0]
+            elif error.task in REQUIRED:
+                return None, {}, problems
+            else:
+                trying[error.task] = None
 
 
 class Runtime:
@@ -78,18 +116,46 @@ class Runtime:
         decision_log: DecisionLog | None = None,
         history: SendHistory | None = None,
         on_reload: Callable[[], None] = lambda: None,
+        on_reload_failure: Callable[[], None] = lambda: None,
     ):
         self.settings = settings
         self.rules = load_settings()  # `SENDWISE_CONFIG`, as `sendwise serve --config` sets it
-        self.versions = champion_versions()
-        self.snapshot = load_snapshot(settings, self.rules)
+        self.on_reload = on_reload
+        self.on_reload_failure = on_reload_failure
+        self.versions = champion_versions(settings.name)  # what the registry said, last look
+        # what is served: the champions, or the last good versions where one does not load
+        self.snapshot, self.serving, passed_over = load_last_good(
+            settings, self.rules, self.versions
+        )
+        self.problem = "; ".join(passed_over) or None
+        for line in passed_over:
+            log.warning("champion not loaded: %s", line)
+            self.on_reload_failure()
         self.log = decision_log or DecisionLog()
         self.history = history or send_history(self.log)
-        self.on_reload = on_reload
         self._stop = threading.Event()
 
+    def health(self) -> tuple[bool, dict]:
+        """(ready, what `/readyz` says): degraded while serving other versions than the
+        champions, not ready while no valid model set is loaded."""
+        status = "ready"
+        if self.snapshot is None:
+            status = "not ready"
+        elif self.problem:
+            status = "degraded"
+        body = {
+            "status": status,
+            "shop": self.settings.name,
+            "champions": self.versions,
+            "serving": self.serving if self.snapshot is not None else None,
+        }
+        if self.problem:
+            body["problem"] = self.problem
+        return self.snapshot is not None, body
+
     def serve(self, request: DecideRequest) -> dict:
-        """Decide a batch, log it whole, and record its sends; raises with nothing logged."""
+        """Decide a batch, log it whole, and record its sends; raises with nothing logged.
+        The decisions stay a frame (`DECISION_COLUMNS`): the service writes them as JSON."""
         snapshot = self.snapshot  # one snapshot for the whole batch, even if a reload lands
         context = request.context
         batch_id = uuid.uuid4().hex
@@ -109,16 +175,29 @@ class Runtime:
         if not context.transactional:  # a no-op where the log is the history
             sending = decisions.filter("send")["customer_id"].to_list()
             self.history.record_sends(sending, now, context.campaign)
-        return {"batch_id": batch_id, "logged": True, "decisions": decisions.to_dicts()}
+        return {"batch_id": batch_id, "logged": True, "decisions": decisions}
 
     def reload_if_promoted(self) -> bool:
-        """Swap in a new snapshot if any champion alias moved since the last look."""
-        versions = champion_versions()
+        """Swap in a new snapshot if any champion alias moved since the last look. Champions
+        that do not load are tried once per move, not at every poll: the last good models keep
+        serving, with one log line, one count and a degraded `/readyz`."""
+        versions = champion_versions(self.settings.name)
         if versions == self.versions:
             return False
         log.info("champions moved %s -> %s; rebuilding the snapshot", self.versions, versions)
-        self.snapshot = load_snapshot(self.settings, self.rules)
         self.versions = versions
+        if self.snapshot is not None and versions == self.serving:  # e.g. rolled back
+            self.problem = None
+            return False
+        try:
+            snapshot = load_snapshot(self.settings, self.rules, versions)
+        except Exception as error:  # noqa: BLE001 - any failure: keep the last good models
+            serving = "nothing" if self.snapshot is None else self.serving
+            self.problem = f"champions {versions} not loaded: {one_line(error)}"
+            log.warning("reload failed, still serving %s: %s", serving, self.problem)
+            self.on_reload_failure()
+            return False
+        self.snapshot, self.serving, self.problem = snapshot, versions, None
         self.on_reload()
         return True
 
@@ -129,8 +208,10 @@ class Runtime:
             while not self._stop.wait(self.settings.reload_seconds):
                 try:
                     self.reload_if_promoted()
-                except Exception:  # keep serving the old models; say why in the log
-                    log.exception("reload failed; still serving %s", self.versions)
+                except Exception as error:  # noqa: BLE001 - e.g. the registry unreachable
+                    serving, why = self.serving, one_line(error)
+                    log.warning("reload failed, still serving %s: %s", serving, why)
+                    self.on_reload_failure()
 
         threading.Thread(target=loop, name="champion-watcher", daemon=True).start()
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 import functools
 import hmac
 import inspect
+import json
 import logging
 import os
-from collections import Counter
 from collections.abc import Mapping
 
 import bentoml
@@ -24,12 +24,12 @@ from prometheus_client import Counter as PrometheusCounter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sendwise import __version__
 
-from .decide import DecideRequest, Decision
+from .decide import DecideRequest, Decision, answer_json
 from .runtime import Runtime, ServeSettings
 
 OPEN_PATHS = ("/", "/livez", "/readyz", "/healthz", "/metrics", "/docs.json", "/schema.json")
@@ -116,6 +116,8 @@ class Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path = scope["path"]
+        if path == "/readyz" and (answer := await readiness(scope)) is not None:
+            return await answer(scope, receive, send)
         headers = dict(scope["headers"])
         guarded = not (self.insecure or path in OPEN_PATHS or path.startswith("/static_content"))
         if guarded and not self._authorised(headers):
@@ -159,6 +161,8 @@ class Guard:
             replayed = True
             return {"type": "http.request", "body": body, "more_body": False}
 
+        if path == "/decide" and (answer := await readiness(scope)) is not None:
+            return await answer(scope, receive, send)
         return await self.app(scope, replay if chunks else receive, send)
 
 
@@ -176,6 +180,29 @@ decisions_served = PrometheusCounter(
 model_reloads = PrometheusCounter(
     name="sendwise_model_reloads", documentation="Champion changes picked up without a restart"
 )
+model_reload_failures = PrometheusCounter(
+    name="sendwise_model_reload_failures",
+    documentation="Champions that did not load (the last good models kept serving)",
+)
+
+
+async def readiness(scope: Scope) -> JSONResponse | None:
+    """`/readyz` with a body: `ready`, `degraded` (a champion did not load: the last good models
+    answer; 200) or `not ready` (no valid model set: 503, and `/decide` answers 503 too); None
+    where the request goes on."""
+    if scope["path"] not in ("/readyz", "/decide"):
+        return None
+    try:
+        runtime = bentoml.get_current_service().runtime
+    except Exception:  # noqa: BLE001 - not started yet: BentoML answers
+        return None
+    ready, body = runtime.health()
+    if scope["path"] == "/readyz":
+        ready = ready and runtime.log.ping()
+        return JSONResponse(body, status_code=200 if ready else 503)
+    if not ready:
+        return JSONResponse({"error": "no valid models loaded", **body}, status_code=503)
+    return None
 
 
 # the body is a `DecideRequest` itself (a positional-only parameter below), so its rules hold
@@ -215,25 +242,29 @@ class Sendwise:
     `Authorization: Bearer`."""
 
     def __init__(self) -> None:
-        self.runtime = Runtime(ServeSettings.from_env(), on_reload=model_reloads.inc)
+        self.runtime = Runtime(
+            ServeSettings.from_env(),
+            on_reload=model_reloads.inc,
+            on_reload_failure=model_reload_failures.inc,
+        )
         self.runtime.watch()
 
     def __is_ready__(self) -> bool:
-        """Models loaded (they are, once constructed) and the decision log reachable."""
-        return self.runtime.log.ping()
+        """A valid model set loaded and the decision log reachable (`Readiness` says more)."""
+        return self.runtime.snapshot is not None and self.runtime.log.ping()
 
-    def _serve(self, request: DecideRequest) -> dict:
+    def _serve(self, request: DecideRequest) -> bytes:
         answer = self.runtime.serve(request)
-        answer["decisions"] = [Decision.model_construct(**d) for d in answer["decisions"]]
-        tally = Counter((d.send, d.holdout) for d in answer["decisions"])
-        for (send, holdout), n in tally.items():
+        decisions = answer["decisions"]
+        for send, holdout, n in decisions.group_by("send", "holdout").len().iter_rows():
             decisions_served.labels(send=send, holdout=holdout).inc(n)
-        return answer
+        return answer_json(answer["batch_id"], decisions)
 
     @bentoml.api(route="/decide")
     async def decide(self, request: DecideBody, /) -> DecideResponse:
         """Decisions for 1 to 10,000 recipients, in order; the batch is logged whole first."""
-        return DecideResponse.model_construct(**self._serve(request))
+        # the documented `DecideResponse`, written as JSON by Polars rather than by pydantic
+        return Response(self._serve(request), media_type="application/json")
 
     def recipient(self, customer_id: str, query: dict[str, str]) -> dict:
         """One recipient's decision with the context from query parameters, flattened for an
@@ -245,9 +276,8 @@ class Sendwise:
         if "offers" in context:
             context["offers"] = context["offers"].split(",")
         request = DecideRequest.model_validate({"recipients": [recipient], "context": context})
-        answer = self._serve(request)
-        decision = answer["decisions"][0].model_dump(mode="json")
-        return {"batch_id": answer["batch_id"], "logged": True, **decision}
+        answer = json.loads(self._serve(request))
+        return {"batch_id": answer["batch_id"], "logged": True, **answer["decisions"][0]}
 
 
 async def _recipient_route(request: Request) -> JSONResponse:

@@ -125,6 +125,18 @@ EXPORT_COLUMNS = (
 )
 
 
+def would_be_send_time() -> pl.Expr:
+    """When a decision's outcomes start counting, as `start_at`: its `send_at`, else (a
+    holdout, or a send a cap or an empty window stopped) `decided_at` rounded up to the next
+    full hour, the earliest time the policy could have chosen for a campaign with no window
+    of its own. The log keeps neither a held-out recipient's time zone nor the request's
+    window, so nothing closer to the hour they would have had is known from it."""
+    decided = pl.col("decided_at")
+    hour = decided.dt.truncate("1h")
+    ceiling = pl.when(hour == decided).then(hour).otherwise(hour + pl.duration(hours=1))
+    return pl.coalesce(pl.col("send_at"), ceiling).alias("start_at")
+
+
 def log_url() -> str:
     """`SENDWISE_DECISION_LOG_URL`, or SQLite at `<home>/decisions.db`."""
     url = os.environ.get("SENDWISE_DECISION_LOG_URL")
@@ -169,6 +181,11 @@ class DecisionLog:
         had_sends = sa.inspect(self.engine).has_table("sends")
         metadata.create_all(self.engine, checkfirst=True)
         self._upgrade(had_sends)
+
+    @property
+    def address(self) -> str:
+        """Where the log is, fit to print: the URL without its password."""
+        return self.engine.url.render_as_string(hide_password=True)
 
     def _upgrade(self, had_sends: bool) -> None:
         """A log written by an earlier version gains the columns added since (nullable) and

@@ -25,9 +25,7 @@ def register_champion(task: str, shop: Shop, as_of: datetime, **params) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         model.save(Path(tmp) / "model")
         found = registry.log_and_register(
-            task, Path(tmp) / "model", model.get_params(), {}, {"task": task}, {}
+            shop.name, task, Path(tmp) / "model", model.get_params(), {}, {"task": task}, {}
         )
-    registry.client().set_registered_model_alias(
-        registry.model_name(task), registry.CHAMPION, found.version
-    )
+    registry.set_champion(shop.name, task, found.version, "promote")
     return str(found.version)

@@ -21,6 +21,19 @@ ONLINE_RETAIL = DATA / "online_retail" / "online_retail_2010_2011.csv.gz"
 HILLSTROM = DATA / "hillstrom" / "hillstrom.csv.gz"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_store(tmp_path_factory):
+    """No test writes to the user's `.sendwise/`: the MLflow store, artifacts, decision log and
+    Optuna studies of the whole session live in a temporary home (a test may still choose
+    its own, as `mlflow_home` does)."""
+    root = tmp_path_factory.mktemp("session_store")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SENDWISE_HOME", str(root / "home"))
+        patch.setenv("SENDWISE_ARTIFACTS", str(root / "artifacts"))
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        yield root
+
+
 @pytest.fixture(scope="session")
 def simulated(tmp_path_factory):
     """A 3,000-customer simulated shop on disk: (directory, tables, ground truth)."""

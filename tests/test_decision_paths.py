@@ -36,7 +36,7 @@ def registry_env(simulated, simulated_shop, tmp_path_factory):
 def test_batch_and_api_answer_the_same_for_the_same_context_and_clock(
     registry_env, simulated, simulated_shop, tmp_path
 ):
-    batch = score_batch(Champions.load(), simulated_shop, AS_OF, campaign="june")
+    batch = score_batch(Champions.load(simulated_shop.name), simulated_shop, AS_OF, campaign="june")
     runtime = Runtime(
         ServeSettings(simulated[0], AS_OF), decision_log=DecisionLog(f"sqlite:///{tmp_path / 'l.db'}")
     )

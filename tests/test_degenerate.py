@@ -76,9 +76,17 @@ def test_train_all_on_a_one_product_shop_skips_crosssell_and_trains_the_rest(
     assert skipped == [
         "skipped crosssell: the shop has 1 product; decisions will use popular products"
     ]
-    assert registry.alias_version("propensity", "challenger") is not None
-    assert registry.alias_version("sendtime", "challenger") is not None
-    assert registry.alias_version("crosssell", "challenger") is None
+    assert registry.alias_version("one_product", "propensity", "challenger") is not None
+    assert registry.alias_version("one_product", "sendtime", "challenger") is not None
+    assert registry.alias_version("one_product", "crosssell", "challenger") is None
+    # promoted, the champions score the shop: every decision gets the shop's one product
+    assert main(["promote", "all", "--shop", str(one_product)]) == 0
+    out = one_product.parent / "decisions.parquet"
+    assert main(["score", "--shop", str(one_product), "--as-of", AS_OF, "--out", str(out)]) == 0
+    decisions = pl.read_parquet(out)
+    assert len(decisions) == 300 and decisions["products"].to_list() == [["p0"]] * 300
+    assert decisions["purchase_propensity"].is_not_null().all()
+    assert all("cold_start_popular" in r for r in decisions["reasons"].to_list())
 
 
 def test_train_crosssell_alone_on_a_one_product_shop_fails_in_one_line(
@@ -87,14 +95,14 @@ def test_train_crosssell_alone_on_a_one_product_shop_fails_in_one_line(
     assert main(["train", "crosssell", "--shop", str(one_product), "--as-of", AS_OF]) == 1
     err = capsys.readouterr().err.strip()
     assert err == "error: cannot train crosssell: the shop has 1 product"
-    assert registry.alias_version("crosssell", "challenger") is None
+    assert registry.alias_version("one_product", "crosssell", "challenger") is None
 
 
 def test_train_all_on_an_orders_only_shop_trains_every_model(many_products, mlflow_home, capsys):
     assert main(["train", "all", "--shop", str(many_products), "--as-of", AS_OF]) == 0
     assert "skipped" not in capsys.readouterr().out
     for task in ("propensity", "crosssell", "sendtime"):
-        assert registry.alias_version(task, "challenger") is not None, task
+        assert registry.alias_version("many_products", task, "challenger") is not None, task
 
 
 def test_train_all_with_no_buyers_left_to_learn_from_skips_each_model_and_fails(
@@ -107,7 +115,7 @@ def test_train_all_with_no_buyers_left_to_learn_from_skips_each_model_and_fails(
     skipped = [line.split(":")[0] for line in captured.out.splitlines()]
     assert skipped == ["skipped propensity", "skipped crosssell", "skipped sendtime"]
     assert captured.err.strip() == "error: no model could be trained on this shop"
-    assert registry.alias_version("sendtime", "challenger") is None
+    assert registry.alias_version("one_product", "sendtime", "challenger") is None
 
 
 def test_backtest_leaves_out_a_task_the_shop_cannot_support(one_product, caplog):

@@ -69,10 +69,8 @@ def register_champion(task: str, shop, **params) -> str:
     model = fit()
     with tempfile.TemporaryDirectory() as tmp:
         model.save(Path(tmp) / "model")
-        found = registry.log_and_register(task, Path(tmp) / "model", model.get_params(), {}, {"task": task}, {})  # fmt: skip
-    registry.client().set_registered_model_alias(
-        registry.model_name(task), registry.CHAMPION, found.version
-    )
+        found = registry.log_and_register(shop.name, task, Path(tmp) / "model", model.get_params(), {}, {"task": task}, {})  # fmt: skip
+    registry.set_champion(shop.name, task, found.version, "promote")
     return str(found.version)
 
 
@@ -263,6 +261,7 @@ def test_docs_page_loads_from_this_server_alone(server):
         # what is not this server's is recorded, then refused: the test needs no network
         page.route("**/*", lambda r: r.continue_() if r.request.url.startswith(f"{origin}/") else r.abort())  # fmt: skip
         page.goto(f"{origin}/", wait_until="networkidle")
+        page.wait_for_selector(".opblock-summary-path", timeout=30_000)  # Swagger renders late
         paths = page.locator(".opblock-summary-path").all_inner_texts()
         text = page.inner_text("body")
         browser.close()
@@ -383,9 +382,7 @@ def test_promotion_is_picked_up_without_a_failed_request(champions, simulated_sh
                 stop.set()
                 for t in threads:
                     t.join(timeout=90)
-                registry.client().set_registered_model_alias(
-                    registry.model_name("sendtime"), registry.CHAMPION, "1"
-                )
+                registry.set_champion(simulated_shop.name, "sendtime", "1", "choose")
         assert not errors, errors[:3]
         assert versions[0] == "crosssell:1,propensity:1,sendtime:1"
         assert versions[-1] == f"crosssell:1,propensity:1,sendtime:{new}"

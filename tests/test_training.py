@@ -15,6 +15,7 @@ from sendwise.policy.segments import SEGMENTS
 from sendwise.serving.engine import Champions, score_batch
 from sendwise.store import registry
 from sendwise.training.backtest import backtest_propensity, fit_products, sendtime_inputs
+from sendwise.training.promote import promote
 from sendwise.training.train import train
 
 AS_OF = parse_as_of("2026-05-31")
@@ -24,16 +25,23 @@ QUICK_SENDTIME = {"prior_strength": 3.0, "kernel_width": 1.0, "half_life_days": 
 
 def test_promotion_only_when_the_challenger_is_better(simulated_shop, mlflow_home):
     first = train("propensity", simulated_shop, AS_OF, HORIZON)
-    assert registry.alias_version("propensity", "challenger").version == first.registered.version
-    assert registry.promote("propensity", "roc_auc").promoted
+    shop = simulated_shop.name
+    assert (
+        str(registry.alias_version(shop, "propensity", "challenger").version)
+        == first.registered.version
+    )
+    assert promote("propensity", shop, simulated_shop).promoted
     # a deliberately weak challenger: one tiny tree
     weak = train(
         "propensity", simulated_shop, AS_OF, HORIZON, params={"n_estimators": 1, "num_leaves": 2}
     )
     assert weak.metrics["roc_auc"] < first.metrics["roc_auc"]
-    refused = registry.promote("propensity", "roc_auc")
+    refused = promote("propensity", shop, simulated_shop)
     assert not refused.promoted and refused.message.startswith("refused")
-    assert registry.alias_version("propensity", "champion").version == first.registered.version
+    assert (
+        str(registry.alias_version(shop, "propensity", "champion").version)
+        == first.registered.version
+    )
     run = registry.client().get_run(first.registered.run_id)
     assert run.data.tags["as_of"] == AS_OF.isoformat() and "code_version" in run.data.tags
     assert run.data.metrics["roc_auc"] == pytest.approx(first.metrics["roc_auc"])
@@ -44,10 +52,8 @@ def test_score_decides_for_every_known_customer_from_champions(simulated_shop, m
     train("crosssell", simulated_shop, AS_OF, HORIZON)
     train("sendtime", simulated_shop, AS_OF, HORIZON, params=QUICK_SENDTIME)
     for task in ("propensity", "crosssell", "sendtime"):
-        assert registry.promote(
-            task, {"propensity": "roc_auc", "crosssell": "ndcg@10", "sendtime": "hit@3"}[task]
-        ).promoted
-    decisions = score_batch(Champions.load(), simulated_shop, AS_OF)
+        assert promote(task, simulated_shop.name, simulated_shop).promoted
+    decisions = score_batch(Champions.load(simulated_shop.name), simulated_shop, AS_OF)
     known = builders.customer_features(simulated_shop, AS_OF).collect()
     assert decisions["customer_id"].to_list() == known["customer_id"].to_list()
     assert set(decisions["segment"].unique()) <= set(SEGMENTS)

@@ -20,7 +20,7 @@ def check_tuned(result, storage):
     study = optuna.load_study(study_name=result.study_name, storage=storage)
     assert len(study.trials) == result.trials == 4
     assert result.best_value == pytest.approx(study.best_value)
-    version = registry.alias_version("propensity", "challenger")
+    version = registry.alias_version("shop", "propensity", "challenger")
     run = registry.client().get_run(version.run_id)
     assert run.data.tags["optuna_study"] == result.study_name
     assert run.data.params["num_leaves"] == str(result.best_params["num_leaves"])

@@ -210,7 +210,10 @@ def test_policy_respects_shares_budget_holdout_and_exploration():
 def test_train_promote_and_score_an_experiment_file(hillstrom, mlflow_home, capsys):
     flags = [*HILLSTROM_FLAGS, "--exclude", "conversion", "--revenue", "spend"]
     assert main(["train", "offer", "--experiment", str(hillstrom), *flags]) == 0
-    assert "sendwise-offer v1 is the challenger" in capsys.readouterr().out
+    assert (
+        "sendwise.experiments.offer v1 is the challenger (shop experiments;"
+        in capsys.readouterr().out
+    )
     assert main(["promote", "offer"]) == 0
     out = mlflow_home / "scored.parquet"
     assert main(["score-experiment", "--experiment", str(hillstrom), "--out", str(out)]) == 0

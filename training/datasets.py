@@ -62,4 +62,7 @@ def labelled(
         if buyers_only:
             query = query.filter(pl.col("orders_total") > 0)
         queries.append(query)
-    return LabelledSet(pl.concat(pl.collect_all(queries), how="vertical_relaxed"))
+    frame = pl.concat(pl.collect_all(queries), how="vertical_relaxed")
+    # one row order for one shop: bagging picks rows by position, so a refit (a promotion
+    # re-scoring a champion, a tuning trial) gets the figure its training run got
+    return LabelledSet(frame.sort("cutoff", "customer_id", descending=[True, False]))

@@ -89,18 +89,28 @@ def train_offer(
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "model"
         model.save(model_dir)
+        source = Path(experiment.source)
         all_tags = {
             "task": "offer",
             "experiment": experiment.source,
             "outcome": experiment.spec.outcome,
             "code_version": code_version(),
             "primary_metric": "qini_auc",
+            "validation": f"{metrics['qini_auc']:.6f}",
+            "seed": str(seed),
+            "data_window": f"{experiment.source}, {len(experiment.frame):,} rows",
+            **({"experiment_file": str(source.resolve())} if source.is_file() else {}),
             **(tags or {}),
         }
-        documents = {"spec.json": model.spec, "features.json": model.feature_names}
+        documents = {
+            "spec.json": model.spec,
+            "features.json": model.feature_names,
+            "schema.json": {"customer_features": model.feature_names},
+            "settings.json": {"seed": seed},
+        }
         params = {**model.outcome.get_params(), "arms": ",".join(model.arms)}
         registered = registry.log_and_register(
-            "offer", model_dir, params, metrics, all_tags, documents
+            experiment.shop, "offer", model_dir, params, metrics, all_tags, documents
         )
     return OfferTrainResult(registered, metrics, model)
 

@@ -79,7 +79,7 @@ def code_version() -> str:
     return found.stdout.strip() or "unknown"
 
 
-def _validate(task: str, shop: Shop, as_of: datetime, horizon_days: int, params: dict):
+def validate(task: str, shop: Shop, as_of: datetime, horizon_days: int, params: dict):
     cutoff = as_of - timedelta(days=horizon_days)
     if task == "propensity":
         sections = [backtest_propensity(shop, cutoff, horizon_days, **params)]
@@ -114,8 +114,10 @@ def train(
     horizon_days: int,
     params: dict | None = None,
     extra_tags: dict[str, str] | None = None,
+    challenger: bool = True,
 ) -> TrainResult:
-    """Fit one model at `as_of`, log it with its validation metrics, register a challenger.
+    """Fit one model at `as_of`, log it with its validation metrics, register it in the
+    shop's registry and (unless told not to) make it the challenger.
 
     Raises `CannotTrain` when the shop's data cannot support the model.
     """
@@ -123,7 +125,7 @@ def train(
     if reason:
         raise CannotTrain(task, reason)
     try:
-        return _fit_and_register(task, shop, as_of, horizon_days, params, extra_tags)
+        return _fit_and_register(task, shop, as_of, horizon_days, params, extra_tags, challenger)
     except ModelFitError as error:
         raise CannotTrain(task, str(error)) from error
 
@@ -158,12 +160,13 @@ def _fit_and_register(
     horizon_days: int,
     params: dict | None,
     extra_tags: dict[str, str] | None,
+    challenger: bool = True,
 ) -> TrainResult:
     params = dict(params or {})
     if task == "sendtime" and not params:
         params = select_sendtime(shop, as_of, horizon_days)
-    metrics, baselines = _validate(task, shop, as_of, horizon_days, params)
-    documents: dict[str, object] = {"baselines.json": baselines}
+    metrics, baselines = validate(task, shop, as_of, horizon_days, params)
+    documents: dict[str, object] = {"baselines.json": baselines, "settings.json": dict(params)}
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "model"
         if task == "propensity":
@@ -179,14 +182,30 @@ def _fit_and_register(
             model = fit_sendtime(shop, as_of, horizon_days, **params)
             params = model.get_params()
         model.save(model_dir)
+        documents["schema.json"] = {"customer_features": reads_columns(model)}
+        cutoff = as_of - timedelta(days=horizon_days)
+        window = f"..{as_of:%Y-%m-%d}, validated {cutoff:%Y-%m-%d}..{as_of:%Y-%m-%d}"
         tags = {
             "task": task,
             "as_of": as_of.isoformat(),
             "horizon_days": str(horizon_days),
-            "data_window": f"..{as_of.isoformat()}",
+            "data_window": window,
             "code_version": code_version(),
             "primary_metric": PRIMARY_METRIC[task],
+            "validation": f"{metrics.get(PRIMARY_METRIC[task], float('nan')):.6f}",
+            **({"shop_dir": str(shop.directory)} if shop.directory else {}),
             **(extra_tags or {}),
         }
-        registered = registry.log_and_register(task, model_dir, params, metrics, tags, documents)
+        registered = registry.log_and_register(
+            shop.name, task, model_dir, params, metrics, tags, documents, challenger
+        )
     return TrainResult(task, registered, metrics, baselines)
+
+
+def reads_columns(model) -> list[str]:
+    """The customer-feature columns a fitted model reads (none for models that read a shop's
+    tables through the contract: products, send times)."""
+    names = getattr(model, "feature_names_", None)
+    if names is None:
+        names = getattr(model, "feature_names", None)
+    return list(names or [])

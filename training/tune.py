@@ -2,8 +2,10 @@
 
 Each trial fits on cut-offs whose outcomes end by T - H and is judged (ROC-AUC) on
 (T - H, T]; unpromising trials are pruned while boosting. The study lives in SQLite under the
-sendwise home unless a storage URL (e.g. PostgreSQL) is given. The best settings are then
-trained like any model (`train`), logged to MLflow with the trial, and registered as challenger.
+sendwise home unless a storage URL (e.g. PostgreSQL) is given. Each trial is fitted and judged
+exactly as `train` validates a model, so the best trial's figure is the one registered. The best
+settings are then trained like any model (`train`), logged to MLflow with the trial, and made
+the shop's challenger unless the current challenger does better on the same window.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from optuna_integration import LightGBMPruningCallback
 from sendwise.features.shop import Shop
 from sendwise.models.metrics import propensity_metrics
 from sendwise.models.propensity import PurchasePropensity
+from sendwise.store import registry
 from sendwise.store.settings import home
 
 from .backtest import propensity_features
 from .datasets import CUTOFF_STRIDE_DAYS, TRAINING_CUTOFFS, labelled, training_cutoffs
+from .promote import shop_figures
 from .train import TrainResult, train
 
 
@@ -29,11 +33,13 @@ from .train import TrainResult, train
 class TuneResult:
     study_name: str
     storage: str
-    best_value: float
+    best_value: float  # the registered version's validation ROC-AUC
     best_params: dict
     trials: int
     pruned: int
     trained: TrainResult
+    search_value: float  # the best trial's own figure (the same computation as best_value)
+    kept: str | None = None  # why the current challenger stays, when it does better
 
 
 def default_storage() -> str:
@@ -73,9 +79,17 @@ def tune_propensity(
     X, y = train_frame.select(features), train_frame["purchased"].to_numpy()
     X_valid, y_valid = valid.select(features), valid["purchased"].to_numpy()
 
+    calibration = (train_frame["cutoff"] == cutoffs[0]).to_numpy()
+
     def objective(trial: optuna.Trial) -> float:
+        # fitted and judged exactly as `train` validates a model, so the best trial's figure
+        # is the one its registered version records
         model = PurchasePropensity(random_state=seed, **suggest(trial)).fit(
-            X, y, eval_set=(X_valid, y_valid), callbacks=[LightGBMPruningCallback(trial, "auc")]
+            X,
+            y,
+            calibration=calibration,
+            eval_set=(X_valid, y_valid),
+            callbacks=[LightGBMPruningCallback(trial, "auc")],
         )
         return propensity_metrics(y_valid, model.predict_proba(X_valid))["roc_auc"]
 
@@ -97,20 +111,40 @@ def tune_propensity(
         shop,
         as_of,
         horizon_days,
-        params=dict(best.params),
+        params={**best.params, "random_state": seed},
         extra_tags={
             "optuna_study": study_name,
             "optuna_trial": str(best.number),
             "optuna_best_auc": f"{best.value:.4f}",
         },
+        challenger=False,
     )
+    kept = _challenger_unless_worse(shop, trained)
     states = [t.state for t in study.trials]
     return TuneResult(
         study_name,
         storage,
-        best.value,
+        trained.metrics["roc_auc"],
         dict(best.params),
         len(states),
         states.count(optuna.trial.TrialState.PRUNED),
         trained,
+        best.value,
+        kept,
     )
+
+
+def _challenger_unless_worse(shop: Shop, trained: TrainResult) -> str | None:
+    """Make the tuned version the challenger unless the current challenger does better on the
+    same validation window; then keep it and say why (the message), else None."""
+    current = registry.alias_version(shop.name, "propensity", registry.CHALLENGER)
+    tuned = registry.model_version(shop.name, "propensity", trained.registered.version)
+    if current is not None:
+        new, old, how, _ = shop_figures("propensity", shop.name, tuned, current, shop)
+        if old is not None and new is not None and old >= new:
+            return (
+                f"kept challenger v{current.version} (roc_auc {old:.4f}, {how}): the tuned "
+                f"v{tuned.version} ({new:.4f}) does not beat it"
+            )
+    registry.set_challenger(shop.name, "propensity", tuned.version)
+    return None
