@@ -33,19 +33,20 @@ The three purchase routes are independent draws, each its own order, so P(conver
 b)(1 - e)(1 - u) and E[revenue] = (1 - discount) (b basket + e price + u basket) exactly.
 
 **Planted values.** For every comparison the campaign report makes, the expected value of its
-estimate given who fell in which group: the (weighted) mean expected outcome of the treated
-rows minus that of the control rows, computed from the probabilities above, not from draws.
-The report's difference in means (and its Hajek weighting for offer arms) is unbiased for
-exactly this (`effect`), so its 95% interval should cover it about 19 times in 20. With small
-groups `effect` carries the chance imbalance of who would have bought anyway; `lift` is the
-same difference of what the mail added to each row (its expected outcome less its unmailed
-one; opens, clicks and unsubscribes have no unmailed part), the planted effect of the
-treatment itself, whose sign is the one the comparison is about. `stratified` compares like
-with like: the difference within each stratum of the feature holdouts' eligibility (personal
-products, a personal hour, a model offer), averaged by stratum size. The feature holdouts
-share one draw, so the chance of falling in none of them (the treated group) depends on how
-many apply to a recipient; a plain treated-vs-control difference then mixes strata in
-different proportions on each side, and `effect` carries that mix while `stratified` does not.
+estimate given who fell in which group, computed from the probabilities above, not from draws.
+`effect` is the plain difference: the (weighted) mean expected outcome of the treated rows
+minus that of the control rows. `stratified` compares like with like, and is what the report
+estimates (its 95% interval should cover it about 19 times in 20): for the three feature
+holdouts, the difference within each stratum of their eligibility (personal products, a
+personal hour, the offer band), averaged by the stratum's share of rows (strata with fewer
+than two rows on a side left out); for every other comparison, one stratum, so `effect`
+itself. The feature holdouts share one draw, so the chance of falling in none of them (the
+treated group) depends on how many apply to a recipient; a plain difference then mixes strata
+in different proportions on each side, and `effect` carries that mix while `stratified` does
+not. With small groups both carry the chance imbalance of who would have bought anyway;
+`lift` is the plain difference of what the mail added to each row (its expected outcome less
+its unmailed one; opens, clicks and unsubscribes have no unmailed part), the planted effect
+of the treatment itself, whose sign is the one the comparison is about.
 The groups are written here from DESIGN's definitions, not imported from the report: a check
 of the report against its own code would prove nothing.
 
@@ -68,6 +69,7 @@ import numpy as np
 import polars as pl
 
 from sendwise.errors import SendwiseError
+from sendwise.store.decisions import would_be_send_time
 from sendwise.store.files import atomic_path
 
 from .clock import DAY_US, with_local_time
@@ -123,14 +125,6 @@ def discount_of(arm: str) -> float:
     """The share an arm takes off the order: `10_off` (or `10pct_off`) is 0.10, else 0."""
     found = re.fullmatch(r"(\d+(?:\.\d+)?)(?:pct|_pct|%)?_off", arm)
     return float(found.group(1)) / 100 if found else 0.0
-
-
-def would_be_send_time() -> pl.Expr:
-    """`send_at`, else `decided_at` rounded up to the next full hour (the report's rule)."""
-    decided = pl.col("decided_at")
-    hour = decided.dt.truncate("1h")
-    ceiling = pl.when(hour == decided).then(hour).otherwise(hour + pl.duration(hours=1))
-    return pl.coalesce(pl.col("send_at"), ceiling).alias("start_at")
 
 
 # --- the planted probabilities: small expressions over decisions joined with truth ----------
@@ -571,25 +565,30 @@ def _model_offer() -> pl.Expr:
     return chosen & ~_has_reason("offer_not_candidate_")
 
 
-def comparison_groups(frame: pl.DataFrame) -> list[tuple[str, str, str, pl.Expr, pl.Expr, pl.Expr]]:
-    """(name, treated, control, rows, is_treated, weight) of every randomised comparison in
-    DESIGN ("Decision log and what decisions earned"), written from its words."""
+Group = tuple[str, str, str, pl.Expr, pl.Expr, pl.Expr, pl.Expr]
+
+
+def comparison_groups(frame: pl.DataFrame) -> list[Group]:
+    """(name, treated, control, rows, is_treated, weight, stratum) of every randomised
+    comparison in DESIGN ("Decision log and what decisions earned"), written from its words.
+    `stratum` is constant except for the feature holdouts, whose shared draw is fair only
+    among recipients to whom the same bands applied (`_stratum`)."""
     base = _randomised(frame)
     mail, sent, none = _assigned_to_mail(), pl.col("send"), pl.col("holdout_kind").is_null()
     kinds = set(frame["holdout_kind"].drop_nulls().to_list())
-    one = pl.lit(1.0)
+    one, whole = pl.lit(1.0), pl.lit(0)
     groups = []
     if "global" in kinds:
         groups.append(("mailed vs global holdout", "mailed", "global holdout",
-                       base & (mail | _kind("global")), mail, one))  # fmt: skip
+                       base & (mail | _kind("global")), mail, one, whole))  # fmt: skip
     campaign = pl.col("trigger").is_null()
     if frame.filter(_kind("campaign") & campaign).height:
         groups.append(("mailed vs campaign holdout", "mailed", "campaign holdout",
-                       base & campaign & (mail | _kind("campaign")), mail, one))  # fmt: skip
+                       base & campaign & (mail | _kind("campaign")), mail, one, whole))  # fmt: skip
     for trigger in frame.filter(_kind("trigger"))["trigger"].drop_nulls().unique().sort():
         this = pl.col("trigger") == trigger
         groups.append((f"mailed vs trigger holdout ({trigger})", "mailed", f"{trigger} holdout",
-                       base & this & (mail | _kind("trigger")), mail, one))  # fmt: skip
+                       base & this & (mail | _kind("trigger")), mail, one, whole))  # fmt: skip
     features = (
         ("products", "personal vs popular products", "personal products", "popular products",
          pl.col("reasons").list.contains("personal_products")),
@@ -601,31 +600,32 @@ def comparison_groups(frame: pl.DataFrame) -> list[tuple[str, str, str, pl.Expr,
     for kind, name, treated, control, eligible in features:
         if kind in kinds:
             rows = base & sent & ((none & eligible) | _kind(kind))
-            groups.append((name, treated, control, rows, none, one))
+            groups.append((name, treated, control, rows, none, one, _stratum()))
     offered = base & sent & none & _model_offer() & (pl.col("probability") > 0)
     arms = frame.filter(offered)["offer"].unique().sort().to_list()
     if CONTROL in arms:
         for arm in (a for a in arms if a != CONTROL):
             rows = offered & pl.col("offer").is_in([arm, CONTROL])
             groups.append((f"offer {arm} vs {CONTROL}", arm, CONTROL, rows,
-                           pl.col("offer") == arm, 1.0 / pl.col("probability")))  # fmt: skip
+                           pl.col("offer") == arm, 1.0 / pl.col("probability"), whole))  # fmt: skip
     return groups
 
 
 def planted_comparisons(expected: pl.DataFrame) -> list[dict]:
     """Per comparison and metric: the expected estimate (`effect`: treated minus control),
     the planted effect of the treatment itself (`lift`), each group's (weighted) mean
-    expected outcome and size. Groups of fewer than two rows are left out, as
-    the report leaves them out."""
+    expected outcome and size, and the like-with-like difference within strata (`stratified`,
+    see `_stratified`; `effect` itself where a comparison has one stratum). A comparison with
+    no stratum of two rows a side is left out, as the report leaves it out."""
     found = []
-    for name, treated, control, rows, is_treated, weight in comparison_groups(expected):
+    for name, treated, control, rows, is_treated, weight, stratum in comparison_groups(expected):
         # summed in row order with numpy: the same decisions give the same figures, bit for bit
         chosen = expected.filter(rows).select(
             pl.col(*METRICS.values()),
             pl.col(f"lift_{m}" for m in METRICS),
             _t=is_treated,
             _w=weight.cast(pl.Float64),
-            _s=_stratum(),
+            _s=stratum,
         )
         stratified = _stratified(chosen)
         arms = {}
@@ -637,7 +637,7 @@ def planted_comparisons(expected: pl.DataFrame) -> list[dict]:
                 c: float(np.dot(w, part[c].to_numpy()) / w.sum()) if part.height else 0.0
                 for c in columns
             }
-        if arms[True]["n"] < 2 or arms[False]["n"] < 2:
+        if stratified is None:
             continue
         for metric, column in METRICS.items():
             a, b = arms[True][column], arms[False][column]
@@ -662,22 +662,30 @@ def planted_comparisons(expected: pl.DataFrame) -> list[dict]:
 
 def _stratum() -> pl.Expr:
     """Which feature holdouts could have drawn the row: the one draw's bands, so the chance of
-    falling in none of them, depend on it."""
+    falling in none of them, depend on it. Personal products: held out of them, or given
+    them; a personal hour: best hours logged; the offer band: a known customer while an offer
+    model was champion (its arm, exploration or holdout is in the reasons)."""
+    model = (
+        _has_reason("uplift_")
+        | pl.col("reasons").list.contains("offer_explore")
+        | pl.col("reasons").list.contains("offer_holdout")
+    )
     return pl.struct(
         products=pl.col("reasons").list.contains("personal_products") | _kind("products"),
-        hours=pl.col("best_hours").list.len() > 0,
-        offer=_model_offer() | _kind("offer"),
+        hours=(pl.col("best_hours").list.len() > 0).fill_null(False),
+        offer=model & ~pl.col("reasons").list.contains("cold_start_unknown_customer"),
     )
 
 
-def _stratified(chosen: pl.DataFrame) -> dict[str, float]:
+def _stratified(chosen: pl.DataFrame) -> dict[str, float] | None:
     """Per metric column: the treated-minus-control difference within each stratum, averaged
-    with the stratum's share of rows (strata with an empty side left out, the shares renormed):
-    what a comparison of like with like would find."""
+    with the stratum's share of rows (strata with fewer than two rows on a side left out, the
+    shares renormed, as the report does): what a comparison of like with like would find.
+    None where no stratum is left."""
     found, total = dict.fromkeys(METRICS.values(), 0.0), 0
     for _, part in chosen.sort("_s").group_by("_s", maintain_order=True):
         treated, control = part.filter(pl.col("_t")), part.filter(~pl.col("_t"))
-        if not (treated.height and control.height):
+        if min(treated.height, control.height) < 2:
             continue
         total += part.height
         for column in found:
@@ -687,7 +695,7 @@ def _stratified(chosen: pl.DataFrame) -> dict[str, float]:
                 - np.dot(cw, control[column].to_numpy()) / cw.sum()
             )
             found[column] += part.height * float(difference)
-    return {c: v / total if total else 0.0 for c, v in found.items()}
+    return {c: v / total for c, v in found.items()} if total else None
 
 
 def mailing_effect(expected: pl.DataFrame) -> dict:

@@ -5,11 +5,11 @@ Rules (each in one place below):
 - **Window.** A decision's outcomes are what its recipient did in (start, start + days], where
   `start` is its `send_at`. A decision that was not sent (a global, campaign or trigger
   holdout, or a recipient a frequency cap stopped) has no `send_at`; its would-be send time is
-  `decided_at` rounded up to the next full hour, the earliest time `policy.decide.schedule`
-  could have chosen for a campaign with no window of its own. The personal hour a held-out
-  recipient would have had is not logged (neither is their time zone nor the request's
-  window), so no better rule is available from the log alone; the windows of mailed and
-  held-out recipients have the same length, which is what an unbiased difference needs.
+  `decided_at` rounded up to the next full hour (`store.decisions.would_be_send_time`, the one
+  rule the simulated shop's responses use too). The personal hour a held-out recipient would
+  have had is not logged (neither is their time zone nor the request's window), so no better
+  rule is available from the log alone; the windows of mailed and held-out recipients have the
+  same length, which is what an unbiased difference needs.
 - **Overlap.** A customer in several decisions whose windows overlap (a campaign and then a
   cart trigger two days later) has each outcome counted once: it belongs to the first
   decision (earliest start; ties: first logged) whose window contains it. A later decision
@@ -39,6 +39,7 @@ from sendwise.features import expressions as fx
 from sendwise.features.builders import purchase_orders
 from sendwise.features.clock import DAY_US
 from sendwise.features.shop import Shop
+from sendwise.store.decisions import would_be_send_time
 
 ID = "customer_id"
 ROW = "_decision_row"
@@ -57,14 +58,6 @@ OUTCOME_COLUMNS = {
     "unsubscribed": pl.Boolean,
     "complete": pl.Boolean,
 }
-
-
-def would_be_send_time() -> pl.Expr:
-    """`send_at`, else `decided_at` rounded up to the next full hour (see the module notes)."""
-    decided = pl.col("decided_at")
-    hour = decided.dt.truncate("1h")
-    ceiling = pl.when(hour == decided).then(hour).otherwise(hour + pl.duration(hours=1))
-    return pl.coalesce(pl.col("send_at"), ceiling).alias("start_at")
 
 
 def owned_by_first_window(

@@ -14,6 +14,7 @@ import pytest
 
 from sendwise.features.shop import read_shop, write_shop
 from sendwise.reports.campaign import JSON_KEYS, render_campaign, summarise_campaign
+from sendwise.reports.common import rate_difference_interval
 from sendwise.reports.outcomes import outcomes
 from sendwise.store.decisions import DecisionLog
 
@@ -29,7 +30,7 @@ P_TEN_OFF = {"active": 0.2, "loyal": 0.7}  # the offer model favours loyal custo
 def decisions_frame(ids, segment, kind, offer, q, send_at, reasons, decided_at=T0):
     n = len(ids)
     held = kind != ""
-    share = {"": 0.72, "global": 0.2, "products": 0.08}
+    share = {"": 0.72, "global": 0.2, "products": 0.08, "sendtime": 0.25}
     return pl.DataFrame(
         {
             "decision_id": [f"d{i}" for i in range(n)],
@@ -129,6 +130,91 @@ def planted(directory, seed: int, n: int = 2400):
 
 def covers(c, value: float) -> bool:
     return c.ci_low <= value <= c.ci_high
+
+
+def wilson(y: np.ndarray, z: float = 1.96) -> tuple[float, float, float]:
+    """A share, and its Wilson score interval, written out here from the textbook formula."""
+    n, p = len(y), float(np.mean(y))
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return p, centre - half, centre + half
+
+
+def test_rate_differences_get_newcombes_interval_which_stays_open_at_zero_events():
+    # Newcombe (1998), Statistics in Medicine 17:873-890, table II, method 10
+    for (a, n, b, m), expected in (
+        ((56, 70, 48, 80), (0.0524, 0.3339)),
+        ((9, 10, 3, 10), (0.1705, 0.8090)),
+        ((6, 7, 2, 7), (0.0582, 0.8062)),
+        ((5, 56, 0, 29), (-0.0381, 0.1926)),
+        ((0, 10, 0, 20), (-0.1611, 0.2775)),
+    ):
+        _, low, high = rate_difference_interval([1, -1], [a / n, b / m], [n, m])
+        assert (low, high) == pytest.approx(expected, abs=1e-4), (a, n, b, m)
+    # no unsubscribes in either group of 300: a normal interval would be the point 0
+    effect, low, high = rate_difference_interval([1, -1], [0.0, 0.0], [300, 300])
+    assert effect == 0 and low < -0.01 and high > 0.01
+
+
+def test_feature_holdouts_are_compared_within_the_bands_that_applied(tmp_path):
+    """The bug: the feature holdouts share one draw, so recipients with fewer feature bands
+    (here: no personal products) are more often in no holdout. Where they also buy less, a
+    plain personal-vs-fallback-hour difference comes out negative although the personal hour
+    adds +3 points for everyone; the report must compare within the bands that applied."""
+    n, gain, base = 16_000, 0.03, {True: 0.40, False: 0.05}
+    misses, naive_misses, seeds = 0, 0, range(4)
+    for seed in seeds:
+        rng = np.random.default_rng(seed)
+        personal = rng.random(n) < 0.5  # personal products: products and sendtime bands apply
+        u = rng.random(n)
+        kind = np.where(
+            personal,
+            np.where(u < 0.25, "products", np.where(u < 0.5, "sendtime", "")),
+            np.where(u < 0.25, "sendtime", ""),
+        )
+        reasons = [
+            [f"holdout_{k}"] * bool(k)
+            + ["personal_products" if p and k != "products" else "cold_start_popular"]
+            + ["sendtime_fallback" if k == "sendtime" else "sendtime_personal"]
+            for p, k in zip(personal, kind, strict=True)
+        ]
+        hour = T0.replace(minute=0) + timedelta(hours=1)
+        frame = decisions_frame(
+            np.array([f"c{i}" for i in range(n)]), ["active"] * n, kind, ["none"] * n,
+            np.ones(n), [hour] * n, reasons,
+        ).with_columns(model_versions=pl.lit("products:1,sendtime:1"))  # fmt: skip
+        chance = np.where(personal, base[True], base[False]) + gain * (kind != "sendtime")
+        buys = rng.random(n) < chance
+        directory = tmp_path / str(seed)
+        orders = pl.DataFrame(
+            {
+                "order_id": [f"o{i}" for i in range(buys.sum())],
+                "customer_id": frame["customer_id"].filter(pl.Series(buys)),
+                "product_id": "p1",
+                "ordered_at": pl.Series([hour + timedelta(days=1)] * buys.sum()),
+                "quantity": 1,
+                "unit_price": VALUE,
+            }
+        ).with_columns(pl.col("ordered_at").dt.cast_time_unit("us"))
+        write_shop({"orders": orders}, directory / "shop")
+        attributed = outcomes(
+            frame.with_columns(decided_at=pl.lit(T0)), read_shop(directory / "shop"), DAYS
+        )
+        summary = summarise_campaign(attributed, DAYS)
+        hours = summary.comparison("personal vs fallback send hour", "conversion")
+        misses += not covers(hours, gain)
+        assert hours.method.startswith("difference in means post-stratified")
+        # the same rows compared plainly: the bias the stratification removes
+        y = attributed["converted"].to_numpy()
+        treated, control = kind == "", kind == "sendtime"
+        a, b = y[treated], y[control]
+        se = np.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
+        naive_misses += abs(a.mean() - b.mean() - gain) > 1.96 * se
+        # personal products add nothing here: that A/A comparison covers 0
+        products = summary.comparison("personal vs popular products", "conversion")
+        misses += not covers(products, 0.0)
+    assert misses <= 1, misses
+    assert naive_misses == len(seeds)
 
 
 def test_intervals_cover_planted_effects_and_zero_where_none_was_planted(tmp_path):
@@ -243,9 +329,15 @@ def test_the_page_shows_the_figures_recomputed_here(tmp_path, page_of):
     assert float(figures["effect_mailed_vs_global_holdout_revenue_per_recipient"]) == (
         pytest.approx(gain)
     )
-    se = np.sqrt(y[mailed].var(ddof=1) / mailed.sum() + y[held].var(ddof=1) / held.sum())
+    # a rate's interval is Newcombe's hybrid score interval, from the two Wilson intervals
+    (p1, l1, _), (p2, _, u2) = wilson(y[mailed]), wilson(y[held])
     assert float(figures["ci_low_mailed_vs_global_holdout_conversion"]) == pytest.approx(
-        lift - 1.96 * se
+        lift - np.hypot(p1 - l1, u2 - p2)
+    )
+    # money keeps Welch's
+    se = np.sqrt(money[mailed].var(ddof=1) / mailed.sum() + money[held].var(ddof=1) / held.sum())
+    assert float(figures["ci_low_mailed_vs_global_holdout_revenue_per_recipient"]) == (
+        pytest.approx(gain - 1.96 * se)
     )
     assert int(figures["n_control_mailed_vs_global_holdout_conversion"]) == held.sum()
     # Hajek IPW by hand
@@ -269,3 +361,24 @@ def test_the_page_shows_the_figures_recomputed_here(tmp_path, page_of):
     row = next(c for c in document["comparisons"]
                if c["name"] == "mailed vs global holdout" and c["metric"] == "conversion")  # fmt: skip
     assert row["effect"] == pytest.approx(lift) and row["n_treated"] == mailed.sum()
+
+
+def test_report_campaign_command_writes_the_page_and_the_figures(tmp_path, monkeypatch, capsys):
+    from sendwise.cli.main import main
+
+    shop, logged, _ = planted(tmp_path, 3)
+    monkeypatch.setenv("SENDWISE_DECISION_LOG_URL", f"sqlite:///{tmp_path / 'd.db'}")
+    page, figures = tmp_path / "june.html", tmp_path / "june.json"
+    args = ["report", "campaign", "--shop", str(tmp_path / "shop"), "--campaign", "june"]
+    assert main([*args, "--out", str(page), "--json", str(figures)]) == 0
+    expected = summarise_campaign(outcomes(logged, shop, 7), 7, campaign="june")
+    written = json.loads(figures.read_text())
+    recomputed = [c.to_json() for c in expected.comparisons]
+    assert [c["name"] for c in written["comparisons"]] == [c["name"] for c in recomputed]
+    for got, want in zip(written["comparisons"], recomputed, strict=True):
+        assert got == {k: pytest.approx(v) if isinstance(v, float) else v for k, v in want.items()}
+    assert all(set(c) >= set(JSON_KEYS) for c in written["comparisons"])
+    assert page.read_text().lower().startswith("<!doctype html>")
+    assert expected.headline() in capsys.readouterr().out
+    assert main([*args[:-1], "july", "--out", str(tmp_path / "none.html")]) == 1
+    assert capsys.readouterr().err.startswith("error: no decisions for campaign july")
