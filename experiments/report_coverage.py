@@ -37,13 +37,12 @@ import numpy as np
 import polars as pl
 from bench_features import machine
 
-from sendwise.features import builders
 from sendwise.features.respond import ResponseModel, planted_value, respond, with_responses
 from sendwise.features.shop import read_shop, write_shop
 from sendwise.features.simulate import SimulationSettings, simulate
 from sendwise.policy.config import Settings
-from sendwise.policy.decide import SNAPSHOT_SCHEMA, Context, Snapshot, decide
-from sendwise.policy.segments import SegmentRules
+from sendwise.policy.decide import Context, decide
+from sendwise.policy.simulated import simulated_snapshot
 from sendwise.reports.campaign import METRICS, summarise_campaign
 from sendwise.reports.outcomes import outcomes
 from sendwise.store.decisions import DecisionLog
@@ -51,7 +50,6 @@ from sendwise.store.decisions import DecisionLog
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results"
 DAYS = 14
-ARMS = ("none", "free_shipping", "10_off")
 SETTINGS = Settings.model_validate(
     {
         "holdouts": {"global": 0.15, "campaign": 0.05, "products": 0.25, "sendtime": 0.25,
@@ -61,70 +59,6 @@ SETTINGS = Settings.model_validate(
 )  # fmt: skip
 AA = "personal vs popular products"
 AA_METRICS = ("conversion", "open_rate", "click_rate", "unsubscribe_rate")
-
-
-def snapshot_of(shop, as_of, truth) -> Snapshot:
-    """What the models would say, from what the shop shows (as tests/test_respond.py)."""
-    features = builders.customer_features(shop, as_of).collect()
-    lines = shop.orders.join(shop.products.select("product_id", "category"), on="product_id")
-    lines = lines.filter(pl.col("quantity") > 0).collect()
-    popular = lines.group_by("product_id").len().sort("len", "product_id", descending=True)
-    in_category = (
-        lines.group_by("category", "product_id")
-        .len()
-        .sort("len", "product_id", descending=True)
-        .group_by("category", maintain_order=True)
-        .agg(personal=pl.col("product_id").head(10))
-    )
-    favourite = (
-        lines.group_by("customer_id", "category")
-        .len()
-        .sort("len", "category", descending=True)
-        .group_by("customer_id", maintain_order=True)
-        .agg(pl.col("category").first())
-        .join(in_category, on="category")
-    )
-    unsubscribed = (
-        shop.email_events.filter(pl.col("event_type").is_in(["unsubscribe", "complaint"]))
-        .select("customer_id")
-        .unique()
-        .collect()
-        .with_columns(unsubscribed=pl.lit(True))
-    )
-    frame = (
-        features.with_columns(SegmentRules().expression())
-        .join(favourite, on="customer_id", how="left")
-        .join(unsubscribed, on="customer_id", how="left")
-        .join(
-            truth.select("customer_id", *(f"true_uplift_{a}" for a in ARMS[1:])),
-            on="customer_id",
-            how="left",
-        )
-        .select(
-            "customer_id",
-            "timezone",
-            "segment",
-            pl.col("unsubscribed").fill_null(False),
-            pl.col("bounces_total").alias("bounces"),
-            pl.lit(0.1).alias("purchase_propensity"),
-            pl.lit("base").alias("propensity_reason"),
-            pl.col("personal").alias("products"),
-            pl.lit(None, pl.List(pl.String)).alias("cross_sell"),
-            pl.when(pl.col("activity_total") >= 5)
-            .then(pl.concat_list(pl.col("peak_local_hour").cast(pl.Int64)))
-            .otherwise(pl.lit([], pl.List(pl.Int64)))
-            .alias("best_hours"),
-            pl.lit(0.0).alias("value_none"),
-            pl.lit(0.0).alias("cost_none"),
-            *((pl.col(f"true_uplift_{a}") * 40 - 1.5).alias(f"value_{a}") for a in ARMS[1:]),
-            *(pl.lit(0.0).alias(f"cost_{a}") for a in ARMS[1:]),
-        )
-        .cast(dict(SNAPSHOT_SCHEMA))
-    )
-    rng = np.random.default_rng(0)
-    noise = {f"value_{a}": frame[f"value_{a}"] + rng.normal(0, 0.5, frame.height) for a in ARMS[1:]}
-    top = popular["product_id"].head(10).to_list()
-    return Snapshot(frame.with_columns(**noise), top, top, "offer:1,products:1,sendtime:1", ARMS)
 
 
 def one_shop(seed: int, customers: int, responses: int, work: Path) -> list[dict]:
@@ -140,7 +74,11 @@ def one_shop(seed: int, customers: int, responses: int, work: Path) -> list[dict
         .sort("customer_id")
     )
     rows = decide(
-        snapshot_of(shop, as_of, truth), recipients, Context(campaign="june"), SETTINGS, as_of
+        simulated_snapshot(shop, as_of, truth),
+        recipients,
+        Context(campaign="june"),
+        SETTINGS,
+        as_of,
     )
     log = DecisionLog(f"sqlite:///{work / f'decisions{seed}.db'}")
     log.append(f"june{seed}", as_of, rows)

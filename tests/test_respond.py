@@ -15,7 +15,6 @@ import numpy as np
 import polars as pl
 import pytest
 
-from sendwise.features import builders
 from sendwise.features.clock import with_local_time
 from sendwise.features.respond import (
     PLANTED_FILE,
@@ -30,14 +29,13 @@ from sendwise.features.respond import (
 from sendwise.features.shop import read_shop, write_shop
 from sendwise.features.simulate import SimulationSettings, simulate
 from sendwise.policy.config import Settings
-from sendwise.policy.decide import SNAPSHOT_SCHEMA, Context, Snapshot, decide
-from sendwise.policy.segments import SegmentRules
+from sendwise.policy.decide import Context, decide
+from sendwise.policy.simulated import simulated_snapshot
 from sendwise.reports.campaign import summarise_campaign
 from sendwise.reports.outcomes import outcomes
 from sendwise.store.decisions import DecisionLog
 
 DAYS = 14
-ARMS = ("none", "free_shipping", "10_off")
 SETTINGS = Settings.model_validate(
     {
         "holdouts": {"global": 0.15, "campaign": 0.05, "products": 0.25, "sendtime": 0.25,
@@ -45,72 +43,6 @@ SETTINGS = Settings.model_validate(
         "offers": {"exploration": 0.5},
     }
 )  # fmt: skip
-
-
-def snapshot_of(shop, as_of, truth) -> Snapshot:
-    """What the models would say, from what the shop shows (the offer values excepted: a
-    noisy reading of the planted uplift, so the offer model is neither perfect nor useless)."""
-    features = builders.customer_features(shop, as_of).collect()
-    lines = shop.orders.join(shop.products.select("product_id", "category"), on="product_id")
-    lines = lines.filter(pl.col("quantity") > 0).collect()
-    popular = lines.group_by("product_id").len().sort("len", "product_id", descending=True)
-    in_category = (
-        lines.group_by("category", "product_id")
-        .len()
-        .sort("len", "product_id", descending=True)
-        .group_by("category", maintain_order=True)
-        .agg(personal=pl.col("product_id").head(10))
-    )
-    favourite = (
-        lines.group_by("customer_id", "category")
-        .len()
-        .sort("len", "category", descending=True)
-        .group_by("customer_id", maintain_order=True)
-        .agg(pl.col("category").first())
-        .join(in_category, on="category")
-    )
-    unsubscribed = (
-        shop.email_events.filter(pl.col("event_type").is_in(["unsubscribe", "complaint"]))
-        .select("customer_id")
-        .unique()
-        .collect()
-        .with_columns(unsubscribed=pl.lit(True))
-    )
-    rng = np.random.default_rng(0)
-    frame = (
-        features.with_columns(SegmentRules().expression())
-        .join(favourite, on="customer_id", how="left")
-        .join(unsubscribed, on="customer_id", how="left")
-        .join(
-            truth.select("customer_id", *(f"true_uplift_{a}" for a in ARMS[1:])),
-            on="customer_id",
-            how="left",
-        )  # fmt: skip
-        .select(
-            "customer_id",
-            "timezone",
-            "segment",
-            pl.col("unsubscribed").fill_null(False),
-            pl.col("bounces_total").alias("bounces"),
-            pl.lit(0.1).alias("purchase_propensity"),
-            pl.lit("base").alias("propensity_reason"),
-            pl.col("personal").alias("products"),
-            pl.lit(None, pl.List(pl.String)).alias("cross_sell"),
-            pl.when(pl.col("activity_total") >= 5)
-            .then(pl.concat_list(pl.col("peak_local_hour").cast(pl.Int64)))
-            .otherwise(pl.lit([], pl.List(pl.Int64)))
-            .alias("best_hours"),
-            pl.lit(0.0).alias("value_none"),
-            pl.lit(0.0).alias("cost_none"),
-            *((pl.col(f"true_uplift_{a}") * 40 - 1.5).alias(f"value_{a}") for a in ARMS[1:]),
-            *(pl.lit(0.0).alias(f"cost_{a}") for a in ARMS[1:]),
-        )
-        .cast({k: v for k, v in SNAPSHOT_SCHEMA.items()})
-    )
-    noise = {f"value_{a}": frame[f"value_{a}"] + rng.normal(0, 0.5, frame.height) for a in ARMS[1:]}
-    frame = frame.with_columns(**noise)
-    top = popular["product_id"].head(10).to_list()
-    return Snapshot(frame, top, top, "test:1", ARMS)
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +53,7 @@ def campaign(tmp_path_factory):
     write_shop({**tables, "ground_truth/customers": truth}, directory)
     shop = read_shop(directory)
     as_of = shop.latest()
-    snapshot = snapshot_of(shop, as_of, truth)
+    snapshot = simulated_snapshot(shop, as_of, truth)
     recipients = (
         shop.customers.select("customer_id", opted_out=~pl.col("email_opt_in"))
         .collect()
