@@ -13,12 +13,13 @@ from test_training import AS_OF, HORIZON
 from sendwise.store import registry
 from sendwise.training.tune import tune_propensity
 
+TRIALS = 2  # each trial fits as `train` validates: two show the study is stored and used
 POSTGRES = os.environ.get("SENDWISE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 def check_tuned(result, storage):
     study = optuna.load_study(study_name=result.study_name, storage=storage)
-    assert len(study.trials) == result.trials == 4
+    assert len(study.trials) == result.trials == TRIALS
     assert result.best_value == pytest.approx(study.best_value)
     version = registry.alias_version("shop", "propensity", "challenger")
     run = registry.client().get_run(version.run_id)
@@ -28,7 +29,7 @@ def check_tuned(result, storage):
 
 
 def test_tuning_stores_the_study_in_sqlite_and_registers_the_best(simulated_shop, mlflow_home):
-    result = tune_propensity(simulated_shop, AS_OF, HORIZON, trials=4)
+    result = tune_propensity(simulated_shop, AS_OF, HORIZON, trials=TRIALS)
     assert (
         result.storage.startswith("sqlite:///") and (mlflow_home / "home" / "optuna.db").is_file()
     )
@@ -47,7 +48,7 @@ def test_tuning_against_a_real_postgresql_server(simulated_shop, mlflow_home):
     name = f"test-{uuid.uuid4().hex[:8]}"
     try:
         result = tune_propensity(
-            simulated_shop, AS_OF, HORIZON, trials=4, storage=POSTGRES, study_name=name
+            simulated_shop, AS_OF, HORIZON, trials=TRIALS, storage=POSTGRES, study_name=name
         )
         check_tuned(result, POSTGRES)
     finally:
