@@ -87,16 +87,25 @@ def root(
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
 
 
-@app.command("simulate")
+simulate_app = typer.Typer(help="The synthetic shop and how its customers respond.")
+app.add_typer(simulate_app, name="simulate")
+
+
+@simulate_app.callback(invoke_without_command=True)
 def simulate_command(
-    out_dir: Annotated[Path, typer.Option("--out", help="Shop directory to write.")],
+    context: typer.Context,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Shop directory to write.")] = None,
     customers: Annotated[int, typer.Option(min=1, help="Number of customers.")] = 10_000,
     seed: Annotated[int, typer.Option(help="Random seed; same seed, same shop.")] = 0,
     end: Annotated[str, typer.Option(help="Last day of the shop's history.")] = "2026-06-30",
     name: ShopNameOption = None,
 ) -> None:
     """Write a synthetic shop (all six tables) with its ground truth in ground_truth/, and its
-    name in shop.toml."""
+    name in shop.toml; `simulate respond` lets its customers answer the logged decisions."""
+    if context.invoked_subcommand is not None:
+        return
+    if out_dir is None:
+        raise SendwiseError("simulate needs --out DIR (or: simulate respond --shop DIR)")
     from sendwise.features.simulate import SimulationSettings, simulate
 
     settings = SimulationSettings(customers=customers, seed=seed, end=parse_as_of(end))
@@ -109,6 +118,41 @@ def simulate_command(
     out.print(
         f"Wrote {out_dir} (shop {shop_name(out_dir)}) in {time.perf_counter() - started:.1f}s: "
         f"{rows}"
+    )
+
+
+@simulate_app.command("respond")
+def simulate_respond_command(
+    shop_dir: ShopDir,
+    days: Annotated[int, typer.Option("--days", min=1, help="Days after each send.")] = 14,
+    campaign: Annotated[
+        str | None, typer.Option("--campaign", help="Only this campaign's decisions.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Random seed of the responses.")] = 0,
+) -> None:
+    """The simulated shop's customers respond to the logged decisions from the planted truth
+    (send hour, product affinity, offer uplift and cost, fatigue): their email events and
+    orders are appended to the shop, and the planted value of every comparison is written to
+    ground_truth/planted.json."""
+    from sendwise.features.respond import PLANTED_FILE, append_responses, read_truth, respond
+    from sendwise.store.decisions import DecisionLog
+
+    shop, truth = read_shop(shop_dir), read_truth(shop_dir)
+    decision_log = DecisionLog()
+    decisions = decision_log.read(campaign=campaign).join(
+        truth.select("customer_id"), on="customer_id", how="semi"
+    )
+    if decisions.is_empty():
+        raise SendwiseError(
+            f"no logged decisions for the customers of {shop_dir} in {decision_log.address}"
+        )
+    with console.status(f"Responding to {len(decisions):,} decisions..."):
+        responses = respond(shop, truth, decisions, days, seed)
+        append_responses(shop_dir, responses)
+    out.print(
+        f"Appended {len(responses.email_events):,} email events and {len(responses.orders):,} "
+        f"orders to {shop_dir} ({len(decisions):,} decisions, {days} days); planted values in "
+        f"{shop_dir / PLANTED_FILE}"
     )
 
 

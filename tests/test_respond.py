@@ -274,3 +274,37 @@ def test_appended_shop_passes_the_contract_and_carries_the_planted_values(tmp_pa
     with pytest.raises(Exception, match="responded to before"):
         append_responses(copy, responses)
     assert read_shop(copy).orders.select(pl.len()).collect().item() == counts[0].item()
+
+
+def test_simulate_respond_then_report_campaign_from_the_command_line(
+    campaign, tmp_path, monkeypatch, capsys
+):
+    """The loop's middle, as a user runs it: the shop responds to its logged campaign, then
+    the campaign report reads the log and the grown shop; its interval covers the planted
+    like-with-like value (responses are seeded, so this is the same draw every run)."""
+    import shutil
+
+    from sendwise.cli.main import main
+
+    directory, _, _, decisions = campaign
+    shop = tmp_path / "shop"
+    shutil.copytree(directory, shop)
+    shutil.copy(directory.parent / "decisions.db", tmp_path / "decisions.db")
+    monkeypatch.setenv("SENDWISE_DECISION_LOG_URL", f"sqlite:///{tmp_path / 'decisions.db'}")
+    orders_before = read_shop(shop).orders.select(pl.len()).collect().item()
+    respond_args = ["simulate", "respond", "--shop", str(shop), "--campaign", "june"]
+    assert main([*respond_args, "--days", str(DAYS)]) == 0
+    assert "planted values in" in capsys.readouterr().out
+    assert read_shop(shop).orders.select(pl.len()).collect().item() > orders_before
+    planted = json.loads((shop / "ground_truth" / "planted.json").read_text())
+    figures = tmp_path / "june.json"
+    report = ["report", "campaign", "--shop", str(shop), "--campaign", "june"]
+    assert main([*report, "--days", str(DAYS), "--out", str(tmp_path / "june.html"),
+                 "--json", str(figures)]) == 0  # fmt: skip
+    found = {(c["name"], c["metric"]): c for c in json.loads(figures.read_text())["comparisons"]}
+    mailed = found[("mailed vs global holdout", "conversion")]
+    target = planted_value(planted, "mailed vs global holdout", "conversion")["stratified"]
+    assert mailed["ci_low"] <= target <= mailed["ci_high"]
+    # the same decisions cannot respond twice
+    assert main([*respond_args, "--days", str(DAYS)]) == 1
+    assert capsys.readouterr().err.count("\n") == 1
