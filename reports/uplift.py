@@ -108,15 +108,42 @@ class UpliftSummary:
         unit = self.revenue or self.outcome
         values = {p.name: p for p in self.policies.get(unit, [])}
         if values:
-            target, single = values["model targeting"], values["best single arm"]
-            gain = target.value - single.value
-            words.append(
-                f"Targeting each customer with the model's best offer is estimated at "
-                f"{target.value:.4f} {unit} per customer against {single.value:.4f} for sending "
-                f"everyone the best single offer ({gain:+.4f}) and "
-                f"{values['no one'].value:.4f} for sending no offer."
-            )
+            words.append(self._targeting(values, unit))
         return " ".join(words)
+
+    def _targeting(self, values: dict[str, PolicyValue], unit: str) -> str:
+        """Whether targeting by the model beats the best single offer, said as strongly as
+        the evidence allows: a gain only where the intervals part and the model ranks
+        customers better than chance (a positive Qini AUC); money to the cent."""
+
+        def amount(v: float) -> str:
+            return f"{v:,.2f} {unit}" if self.revenue else f"{100 * v:.2f}% {unit}"
+
+        target, single = values["model targeting"], values["best single arm"]
+        spans = {
+            name: f"{amount(v.value)} per customer (95% CI {amount(v.low)} to {amount(v.high)})"
+            for name, v in values.items()
+        }
+        ranks = max(self.qini_auc.values(), default=0.0) > 0
+        if target.low > single.high and ranks:
+            return (
+                f"Targeting each customer with the model's best offer earns "
+                f"{spans['model targeting']}, more than sending everyone the best single offer "
+                f"({spans['best single arm']}): a real gain of about "
+                f"{amount(target.value - single.value)} per customer."
+            )
+        reasons = []
+        if target.low <= single.high:
+            reasons.append("the two intervals overlap")
+        if not ranks:
+            qini = ", ".join(f"{a} {q:.3f}" for a, q in self.qini_auc.items())
+            reasons.append(f"the model ranks customers no better than chance (Qini AUC {qini})")
+        why = " and ".join(reasons)
+        return (
+            f"Targeting each customer with the model's best offer ({spans['model targeting']}) "
+            f"is not shown to beat sending everyone the best single offer "
+            f"({spans['best single arm']}): {why}. Sending no offer: {spans['no one']}."
+        )
 
 
 def _segments(experiment: Experiment, segment_col: str | None) -> pl.Series | None:

@@ -54,3 +54,35 @@ def test_report_on_an_experiment_file(hillstrom, tmp_path, page_of):
     # DESIGN's data README: visit 15.14% (Womens) vs 10.62% (no e-mail)
     assert float(figures["effect_womens_e_mail_visit"]) == pytest.approx(0.1514 - 0.1062, abs=5e-4)
     assert "Surburban" in text  # the segment breakdown by zip_code
+
+
+def test_the_headline_claims_a_targeting_gain_only_when_the_evidence_shows_one():
+    """It announced "+1.1741 revenue per customer" from targeting while the intervals
+    overlapped and both Qini AUCs were negative; money goes to the cent."""
+    import numpy as np
+    import polars as pl
+
+    from sendwise.reports.uplift import Effect, PolicyValue, UpliftSummary
+
+    def summary(target: PolicyValue, qini: float) -> UpliftSummary:
+        effects = [
+            Effect("10_off", o, 500, 0.2, 0.1, 0.1, 0.05, 0.15) for o in ("bought", "spend")
+        ]
+        policies = [
+            target,
+            PolicyValue("best single arm", 10.0, 9.0, 11.0),
+            PolicyValue("no one", 8.0, 7.0, 9.0),
+        ]
+        return UpliftSummary("t", "s", 1000, "none", "bought", "spend", effects, pl.DataFrame(),
+                             pl.DataFrame(), {"10_off": (np.zeros(2), np.zeros(2))},
+                             {"10_off": qini}, {"spend": policies})  # fmt: skip
+
+    overlapping = summary(PolicyValue("model targeting", 11.1741, 10.5, 11.8), qini=-0.02)
+    said = overlapping.headline()
+    assert "is not shown to beat" in said and "the two intervals overlap" in said
+    assert "no better than chance (Qini AUC 10_off -0.020)" in said
+    assert "11.17 spend per customer" in said and "1.1741" not in said
+    clear = summary(PolicyValue("model targeting", 13.0, 12.0, 14.0), qini=0.05).headline()
+    assert "a real gain of about 3.00 spend per customer" in clear
+    chance = summary(PolicyValue("model targeting", 13.0, 12.0, 14.0), qini=-0.01).headline()
+    assert "is not shown to beat" in chance and "overlap" not in chance
