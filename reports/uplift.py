@@ -116,19 +116,22 @@ class UpliftSummary:
         the evidence allows: a gain only where the intervals part and the model ranks
         customers better than chance (a positive Qini AUC); money to the cent."""
 
+        def number(v: float) -> str:
+            return f"{v:,.2f}" if self.revenue else f"{100 * v:.2f}%"
+
         def amount(v: float) -> str:
-            return f"{v:,.2f} {unit}" if self.revenue else f"{100 * v:.2f}% {unit}"
+            return f"{number(v)} {unit}"
 
         target, single = values["model targeting"], values["best single arm"]
         spans = {
-            name: f"{amount(v.value)} per customer (95% CI {amount(v.low)} to {amount(v.high)})"
+            name: f"{amount(v.value)} per customer, 95% CI {number(v.low)} to {number(v.high)}"
             for name, v in values.items()
         }
         ranks = max(self.qini_auc.values(), default=0.0) > 0
         if target.low > single.high and ranks:
             return (
                 f"Targeting each customer with the model's best offer earns "
-                f"{spans['model targeting']}, more than sending everyone the best single offer "
+                f"{spans['model targeting']}; more than sending everyone the best single offer "
                 f"({spans['best single arm']}): a real gain of about "
                 f"{amount(target.value - single.value)} per customer."
             )

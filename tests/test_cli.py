@@ -97,6 +97,9 @@ def test_demo_runs_end_to_end_logs_its_decisions_and_reads_in_80_columns(mlflow_
         assert len(line) <= 80 and segment in line
         assert (f"{send_at:%b %d %H:%M}" if send_at else "not sent") in line
     assert "…" not in output
+    # it ends with what its own campaign earned, measured against the holdouts
+    assert (workdir / "campaign_report.html").is_file() and "Campaign report" in output
+    assert "Mailed (" in output and "against the global holdout" in output
 
 
 def test_backtest_writes_json_beside_the_table(simulated, tmp_path):
