@@ -241,13 +241,25 @@ def _experiment(
     outcome: str | None,
     exclude: str | None,
     revenue: str | None,
+    from_log: bool = False,
 ):
-    """The experiment table named on the command line (a file, or a campaign of the shop)."""
+    """The experiment table named on the command line (a file, a campaign of the shop, or the
+    shop's logged decisions)."""
     from sendwise.features.experiment import (
         ExperimentSpec,
         campaign_experiment,
+        logged_experiment,
         read_experiment,
     )
+
+    if from_log:
+        if shop is None or experiment is not None:
+            raise SendwiseError("--from-log learns from a shop's decisions: give --shop DIR only")
+        from sendwise.store.decisions import DecisionLog
+
+        data = read_shop(shop)
+        logged = DecisionLog().read(campaign=campaign)
+        return logged_experiment(data, logged, window_days, outcome or "conversion")
 
     if experiment is not None:
         defaults = ExperimentSpec()
@@ -317,12 +329,21 @@ def train_command(
     campaign: Campaign = None,
     window_days: WindowDays = 14,
     shop_name_: ShopName = None,
+    from_log: Annotated[
+        bool,
+        typer.Option(
+            "--from-log",
+            help="offer: learn from the shop's own logged decisions (exploration, offer "
+            "holdout), weighted by their logged probabilities; --campaign to pick one.",
+        ),
+    ] = False,
 ) -> None:
     """Validate, fit, log to MLflow and register the model as the shop's `challenger`.
 
     Shop models validate out of time (the H days before the cut-off); the offer model learns
-    from a randomised experiment (a file, or the shop's latest campaign) and validates on a
-    held-out 30%. `all` trains the offer model too when the shop has assignments.
+    from a randomised experiment (a file, the shop's latest campaign, or with --from-log the
+    decisions sendwise logged) and validates on a held-out 30%. `all` trains the offer model
+    too when the shop has assignments.
     """
     from sendwise.training.train import Skipped, train, train_all
 
@@ -336,6 +357,7 @@ def train_command(
         outcome,
         exclude,
         revenue,
+        from_log,
     )
     if task is Task.offer:
         _train_offer(experiment_args, shop_name_)

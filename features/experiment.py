@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from sendwise.store.decisions import would_be_send_time
+
 from . import expressions as fx
 from .builders import customer_features, purchase_lines
 from .contract import ContractError
@@ -175,6 +177,45 @@ def campaign_experiment(
     if campaign_id not in campaigns:
         raise ContractError(f"no campaign {campaign_id!r} in assignments (have {campaigns})")
     assigned = assignments.filter(pl.col("campaign_id") == campaign_id)
+    return _from_assignments(shop, assigned, f"campaign {campaign_id}", window_days, outcome)
+
+
+# reasons of a decision whose offer the offer policy drew: chosen, explored or held out
+OFFER_DRAWN = r"^(uplift_|offer_explore$|offer_holdout$)"
+
+
+def logged_experiment(
+    shop: Shop, decisions: pl.DataFrame, window_days: int = 14, outcome: str = "conversion"
+) -> Experiment:
+    """The offer experiment sendwise ran itself, read from its decision log: every sent
+    decision whose offer the offer policy drew (the model's choice, exploration or the offer
+    holdout), its arm, the probability it was logged with, and what followed in
+    `window_days` from its send. A customer in several such decisions counts once, at the
+    first."""
+    drawn = decisions.filter(
+        pl.col("send")
+        & pl.col("reasons").list.eval(pl.element().str.contains(OFFER_DRAWN)).list.any()
+    )
+    if drawn.is_empty():
+        raise ContractError(
+            "the decision log holds no decision whose offer the offer policy drew "
+            "(an offer model must be champion, with exploration or an offer holdout)"
+        )
+    assigned = (
+        drawn.with_columns(would_be_send_time())
+        .sort("start_at", "decision_id")
+        .unique(ID, keep="first", maintain_order=True)
+        .select(ID, arm="offer", assigned_at="start_at", propensity="probability")
+    )
+    campaigns = ", ".join(sorted(drawn["campaign"].unique().to_list()))
+    return _from_assignments(shop, assigned, f"decision log ({campaigns})", window_days, outcome)
+
+
+def _from_assignments(
+    shop: Shop, assigned: pl.DataFrame, source: str, window_days: int, outcome: str
+) -> Experiment:
+    """Features at the first assignment, outcomes from each customer's own assignment time to
+    `window_days` after it."""
     start, last = assigned["assigned_at"].min(), assigned["assigned_at"].max()
     window = timedelta(days=window_days)
     horizon = shop.until(last + window)
@@ -207,7 +248,7 @@ def campaign_experiment(
         frame = frame.drop("propensity")  # not logged: the learner assumes the observed shares
     spec = ExperimentSpec(control=_control_arm(frame["arm"]), outcome=outcome, revenue="revenue")
     return check_experiment(
-        Experiment(frame, spec, f"campaign {campaign_id}", outcomes=SHOP_OUTCOMES, shop=shop.name),
+        Experiment(frame, spec, source, outcomes=SHOP_OUTCOMES, shop=shop.name),
         leak_check=False,
     )
 

@@ -308,3 +308,40 @@ def test_simulate_respond_then_report_campaign_from_the_command_line(
     # the same decisions cannot respond twice
     assert main([*respond_args, "--days", str(DAYS)]) == 1
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_train_offer_from_the_log_learns_from_what_the_policy_drew(
+    campaign, tmp_path, monkeypatch, mlflow_home, capsys
+):
+    """The offer experiment sendwise ran itself: one row per customer whose offer the policy
+    drew (chosen, explored or held out), weighted by the probability it was logged with."""
+    import shutil
+
+    from sendwise.cli.main import main
+    from sendwise.features.experiment import logged_experiment
+    from sendwise.store import registry
+
+    directory, _, _, decisions = campaign
+    shop = tmp_path / "shop"
+    shutil.copytree(directory, shop)
+    shutil.copy(directory.parent / "decisions.db", tmp_path / "decisions.db")
+    monkeypatch.setenv("SENDWISE_DECISION_LOG_URL", f"sqlite:///{tmp_path / 'decisions.db'}")
+    june = decisions.filter(pl.col("campaign") == "june")
+    assert main(["simulate", "respond", "--shop", str(shop), "--campaign", "june"]) == 0
+    table = logged_experiment(read_shop(shop), june, DAYS)
+    drawn = june.filter(
+        pl.col("send")
+        & pl.col("reasons").list.eval(pl.element().str.contains("^(uplift_|offer_)")).list.any()
+        & ~pl.col("reasons").list.eval(pl.element().str.starts_with("offer_rule")).list.any()
+    )
+    assert table.frame.height == drawn.height == table.frame["customer_id"].n_unique()
+    by_id = drawn.select("customer_id", "offer", "probability").sort("customer_id")
+    assert table.frame.select("customer_id", "arm", "propensity").sort("customer_id").rows() == (
+        by_id.rows()
+    )
+    assert set(table.arm) == {"none", "free_shipping", "10_off"} and table.spec.control == "none"
+    args = ["train", "offer", "--shop", str(shop), "--from-log", "--campaign", "june"]
+    assert main(args) == 0
+    assert "sendwise.shop.offer v1 is the challenger" in capsys.readouterr().out
+    assert registry.alias_version("shop", "offer", "challenger") is not None
+    assert main(["train", "offer", "--experiment", str(shop / "x.csv"), "--from-log"]) == 1
