@@ -399,3 +399,36 @@ def test_serve_refuses_to_start_without_keys(champions, monkeypatch, capsys):
     assert "no API keys: set SENDWISE_API_KEYS" in capsys.readouterr().err
     assert main(["serve", "--shop", "/nonexistent/shop", "--insecure-dev"]) == 1
     assert "/nonexistent/shop: no shop directory" in capsys.readouterr().err
+
+
+def test_a_champion_that_does_not_load_leaves_a_running_server_degraded_not_down(
+    champions, simulated_shop
+):
+    """Issue 12 on a real server: the newest champion's files are damaged; the server keeps
+    answering with the last good models, `/readyz` says degraded (200), and the failure is
+    counted once, not at every poll."""
+    with serving(champions) as (url, _), pytest.MonkeyPatch.context() as patch:
+        for name, value in champions.items():
+            patch.setenv(name, value)
+        good = registry.alias_version(simulated_shop.name, "sendtime", "champion").version
+        broken = register_champion("sendtime", simulated_shop, prior_strength=7.0)
+        source = registry.model_version(simulated_shop.name, "sendtime", broken).source
+        for f in Path(source.removeprefix("file://")).iterdir():
+            f.write_text("damaged")
+        try:
+            deadline = time.monotonic() + 120
+            while (body := httpx.get(f"{url}/readyz").json())["status"] != "degraded":
+                assert time.monotonic() < deadline, body
+                time.sleep(0.3)
+            assert httpx.get(f"{url}/readyz").status_code == 200
+            assert f"v{broken} does not load" in body["problem"]
+            answer = post(url, {"recipients": [{"customer_id": "c0000001"}]})
+            assert answer.status_code == 200
+            assert f"sendtime:{good}" in answer.json()["decisions"][0]["model_versions"]
+            time.sleep(3)  # three more polls: the same broken champion is not retried
+            metrics = httpx.get(f"{url}/metrics").text
+            counted = re.findall(r"^sendwise_model_reload_failures_total(?:\{[^}]*\})? (\S+)$",
+                                 metrics, re.MULTILINE)  # fmt: skip
+            assert counted and sum(float(c) for c in counted) == len(server_workers()) >= 1
+        finally:
+            registry.set_champion(simulated_shop.name, "sendtime", good, "rollback")
