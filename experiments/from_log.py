@@ -15,17 +15,14 @@ import json
 import tempfile
 from pathlib import Path
 
-import polars as pl
 from bench_features import machine
 from scipy.stats import spearmanr
 
 from sendwise.features.experiment import logged_experiment
 from sendwise.features.respond import append_responses, respond
-from sendwise.features.shop import read_shop, write_shop
-from sendwise.features.simulate import SimulationSettings, simulate
+from sendwise.features.shop import read_shop
 from sendwise.policy.config import Settings
-from sendwise.policy.decide import Context, decide
-from sendwise.policy.simulated import simulated_snapshot
+from sendwise.policy.simulated import logged_campaigns
 from sendwise.store.decisions import DecisionLog
 from sendwise.training.offers import fit_offer
 
@@ -44,26 +41,11 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="from-log-") as tmp:
         work = Path(tmp)
-        tables, truth = simulate(SimulationSettings(customers=args.customers, seed=args.seed))
-        write_shop({**tables, "ground_truth/customers": truth}, work / "shop")
-        shop = read_shop(work / "shop")
-        as_of = shop.latest()
-        recipients = (
-            shop.customers.select("customer_id", opted_out=~pl.col("email_opt_in"))
-            .collect()
-            .sort("customer_id")
-        )
-        rows = decide(
-            simulated_snapshot(shop, as_of, truth),
-            recipients,
-            Context(campaign="june"),
-            Settings.model_validate(SETTINGS),
-            as_of,
-            batch_id="june",
-        )
         log = DecisionLog(f"sqlite:///{work / 'decisions.db'}")
-        log.append("june", as_of, rows)
-        logged = log.read()
+        settings = Settings.model_validate(SETTINGS)
+        shop, truth, logged = logged_campaigns(
+            work / "shop", args.customers, args.seed, settings, log
+        )
         log.close()
         append_responses(work / "shop", respond(shop, truth, logged, DAYS))
         table = logged_experiment(read_shop(work / "shop"), logged, DAYS)

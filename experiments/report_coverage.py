@@ -34,15 +34,11 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 from bench_features import machine
 
 from sendwise.features.respond import ResponseModel, planted_value, respond, with_responses
-from sendwise.features.shop import read_shop, write_shop
-from sendwise.features.simulate import SimulationSettings, simulate
 from sendwise.policy.config import Settings
-from sendwise.policy.decide import Context, decide
-from sendwise.policy.simulated import simulated_snapshot
+from sendwise.policy.simulated import logged_campaigns
 from sendwise.reports.campaign import METRICS, summarise_campaign
 from sendwise.reports.outcomes import outcomes
 from sendwise.store.decisions import DecisionLog
@@ -63,26 +59,8 @@ AA_METRICS = ("conversion", "open_rate", "click_rate", "unsubscribe_rate")
 
 def one_shop(seed: int, customers: int, responses: int, work: Path) -> list[dict]:
     """Every comparison's interval against its planted values, per response seed."""
-    tables, truth = simulate(SimulationSettings(customers=customers, seed=seed))
-    directory = work / f"shop{seed}"
-    write_shop({**tables, "ground_truth/customers": truth}, directory)
-    shop = read_shop(directory)
-    as_of = shop.latest()
-    recipients = (
-        shop.customers.select("customer_id", opted_out=~pl.col("email_opt_in"))
-        .collect()
-        .sort("customer_id")
-    )
-    rows = decide(
-        simulated_snapshot(shop, as_of, truth),
-        recipients,
-        Context(campaign="june"),
-        SETTINGS,
-        as_of,
-    )
     log = DecisionLog(f"sqlite:///{work / f'decisions{seed}.db'}")
-    log.append(f"june{seed}", as_of, rows)
-    decisions = log.read()
+    shop, truth, decisions = logged_campaigns(work / f"shop{seed}", customers, seed, SETTINGS, log)
     log.close()
     found = []
     # each shop its own response seeds: the same seed would draw the same uniforms for every

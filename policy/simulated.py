@@ -5,14 +5,18 @@ quickly and reproducibly."""
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 import polars as pl
 
 from sendwise.features import builders
-from sendwise.features.shop import Shop
+from sendwise.features.shop import Shop, read_shop, write_shop
+from sendwise.features.simulate import SimulationSettings, simulate
+from sendwise.store.decisions import DecisionLog
 
-from .decide import SNAPSHOT_SCHEMA, Snapshot
+from .config import Settings
+from .decide import SNAPSHOT_SCHEMA, Context, Snapshot, decide
 from .segments import SegmentRules
 
 ARMS = ("none", "free_shipping", "10_off")
@@ -85,3 +89,30 @@ def simulated_snapshot(
     noise = {f"value_{a}": frame[f"value_{a}"] + rng.normal(0, 0.5, frame.height) for a in arms[1:]}
     top = popular["product_id"].head(10).to_list()
     return Snapshot(frame.with_columns(**noise), top, top, "offer:1,products:1,sendtime:1", arms)
+
+
+def logged_campaigns(
+    directory: Path,
+    customers: int,
+    seed: int,
+    settings: Settings,
+    log: DecisionLog,
+    campaigns: tuple[str, ...] = ("june",),
+) -> tuple[Shop, pl.DataFrame, pl.DataFrame]:
+    """A simulated shop written to `directory`, and each campaign decided for every customer
+    by the one policy on `simulated_snapshot` and logged as one batch (decided at the shop's
+    last activity): (the shop, its truth, the logged decisions)."""
+    tables, truth = simulate(SimulationSettings(customers=customers, seed=seed))
+    write_shop({**tables, "ground_truth/customers": truth}, directory)
+    shop = read_shop(directory)
+    as_of = shop.latest()
+    snapshot = simulated_snapshot(shop, as_of, truth)
+    recipients = (
+        shop.customers.select("customer_id", opted_out=~pl.col("email_opt_in"))
+        .collect()
+        .sort("customer_id")
+    )
+    for name in campaigns:  # each campaign its own holdout draws
+        rows = decide(snapshot, recipients, Context(campaign=name), settings, as_of, batch_id=name)
+        log.append(name, as_of, rows)
+    return shop, truth, log.read()

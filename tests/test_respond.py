@@ -27,10 +27,8 @@ from sendwise.features.respond import (
     with_responses,
 )
 from sendwise.features.shop import read_shop, write_shop
-from sendwise.features.simulate import SimulationSettings, simulate
 from sendwise.policy.config import Settings
-from sendwise.policy.decide import Context, decide
-from sendwise.policy.simulated import simulated_snapshot
+from sendwise.policy.simulated import logged_campaigns
 from sendwise.reports.campaign import summarise_campaign
 from sendwise.reports.outcomes import outcomes
 from sendwise.store.decisions import DecisionLog
@@ -48,23 +46,10 @@ SETTINGS = Settings.model_validate(
 @pytest.fixture(scope="module")
 def campaign(tmp_path_factory):
     """A 3,000-customer shop, one logged campaign decided by the real policy, the truth."""
-    tables, truth = simulate(SimulationSettings(customers=3_000, seed=3))
     directory = tmp_path_factory.mktemp("respond") / "shop"
-    write_shop({**tables, "ground_truth/customers": truth}, directory)
-    shop = read_shop(directory)
-    as_of = shop.latest()
-    snapshot = simulated_snapshot(shop, as_of, truth)
-    recipients = (
-        shop.customers.select("customer_id", opted_out=~pl.col("email_opt_in"))
-        .collect()
-        .sort("customer_id")
-    )
     log = DecisionLog(f"sqlite:///{directory.parent / 'decisions.db'}")
-    for name in ("june", "july"):  # two campaigns: two independent holdout draws
-        context = Context(campaign=name)
-        rows = decide(snapshot, recipients, context, SETTINGS, as_of, batch_id=name)
-        log.append(name, as_of, rows)
-    decisions = log.read()
+    # two campaigns: two independent holdout draws
+    shop, truth, decisions = logged_campaigns(directory, 3_000, 3, SETTINGS, log, ("june", "july"))
     log.close()
     return directory, shop, truth, decisions
 
