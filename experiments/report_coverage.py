@@ -37,8 +37,7 @@ import numpy as np
 from bench_features import machine
 
 from sendwise.features.respond import ResponseModel, planted_value, respond, with_responses
-from sendwise.policy.config import Settings
-from sendwise.policy.simulated import logged_campaigns
+from sendwise.policy.simulated import STUDY_SETTINGS, logged_campaigns
 from sendwise.reports.campaign import METRICS, summarise_campaign
 from sendwise.reports.outcomes import outcomes
 from sendwise.store.decisions import DecisionLog
@@ -46,13 +45,7 @@ from sendwise.store.decisions import DecisionLog
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results"
 DAYS = 14
-SETTINGS = Settings.model_validate(
-    {
-        "holdouts": {"global": 0.15, "campaign": 0.05, "products": 0.25, "sendtime": 0.25,
-                     "offer": 0.10},
-        "offers": {"exploration": 0.5},
-    }
-)  # fmt: skip
+SETTINGS = STUDY_SETTINGS
 AA = "personal vs popular products"
 AA_METRICS = ("conversion", "open_rate", "click_rate", "unsubscribe_rate")
 

@@ -20,6 +20,20 @@ from .decide import SNAPSHOT_SCHEMA, Context, Snapshot, decide
 from .segments import SegmentRules
 
 ARMS = ("none", "free_shipping", "10_off")
+# holdouts and exploration large enough that every comparison of a small simulated campaign
+# has both sides (studies of the report, not defaults for a shop)
+STUDY_SETTINGS = Settings.model_validate(
+    {
+        "holdouts": {
+            "global": 0.15,
+            "campaign": 0.05,
+            "products": 0.25,
+            "sendtime": 0.25,
+            "offer": 0.10,
+        },
+        "offers": {"exploration": 0.5},
+    }
+)
 
 
 def simulated_snapshot(

@@ -27,20 +27,13 @@ from sendwise.features.respond import (
     with_responses,
 )
 from sendwise.features.shop import read_shop, write_shop
-from sendwise.policy.config import Settings
-from sendwise.policy.simulated import logged_campaigns
+from sendwise.policy.simulated import STUDY_SETTINGS, logged_campaigns
 from sendwise.reports.campaign import summarise_campaign
 from sendwise.reports.outcomes import outcomes
 from sendwise.store.decisions import DecisionLog
 
 DAYS = 14
-SETTINGS = Settings.model_validate(
-    {
-        "holdouts": {"global": 0.15, "campaign": 0.05, "products": 0.25, "sendtime": 0.25,
-                     "offer": 0.10},
-        "offers": {"exploration": 0.5},
-    }
-)  # fmt: skip
+SETTINGS = STUDY_SETTINGS
 
 
 @pytest.fixture(scope="module")
