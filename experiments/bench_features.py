@@ -39,6 +39,15 @@ def machine() -> dict:
     }
 
 
+def write_results(name: str, lines: list[str], result: dict | None = None) -> None:
+    """`results/NAME.md` (and `NAME.json` when given the figures), and the table on stdout."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    if result is not None:
+        (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def bench_online_retail(work: Path, repeats: int) -> dict | None:
     if not ONLINE_RETAIL.is_file():
         print(f"skipping Online Retail: {ONLINE_RETAIL} not found")

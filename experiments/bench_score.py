@@ -12,15 +12,14 @@ and champions already in DIR (from an earlier run) are reused.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 from pathlib import Path
 
+from bench_features import write_results
 from child import run_cli, work_env
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "experiments" / "results"
 AS_OF = "2026-05-31"
 
 
@@ -54,8 +53,6 @@ def main() -> None:
         "score": runs,
         "cpu_count": os.cpu_count(),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "score.json").write_text(json.dumps(result, indent=2) + "\n")
     md = [
         "# Batch scoring benchmark",
         "",
@@ -74,8 +71,7 @@ def main() -> None:
         "",
         f"Output: {runs[-1]['stdout']}",
     ]
-    (RESULTS / "score.md").write_text("\n".join(md) + "\n")
-    print("\n".join(md))
+    write_results("score", md, result)
 
 
 if __name__ == "__main__":

@@ -11,11 +11,10 @@ Writes experiments/results/from_log.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
-from bench_features import machine
+from bench_features import machine, write_results
 from scipy.stats import spearmanr
 
 from sendwise.features.experiment import logged_experiment
@@ -26,7 +25,6 @@ from sendwise.policy.simulated import logged_campaigns
 from sendwise.store.decisions import DecisionLog
 from sendwise.training.offers import fit_offer
 
-RESULTS = Path(__file__).resolve().parent / "results"
 DAYS = 14
 SETTINGS = {
     "holdouts": {"global": 0.05, "campaign": 0.0, "products": 0.0, "sendtime": 0.0, "offer": 0.1},
@@ -63,8 +61,6 @@ def main() -> None:
         "arms": table.frame["arm"].value_counts().sort("arm").rows(),
         "spearman_with_planted_uplift": found,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "from_log.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
         "# Learning offers from the decision log",
         "",
@@ -76,8 +72,7 @@ def main() -> None:
         "|---|---:|---:|",
         *(f"| {a} | {v['spearman']:+.4f} | {v['p']:.3g} |" for a, v in found.items()),
     ]
-    (RESULTS / "from_log.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results("from_log", lines, result)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ Writes experiments/results/report_coverage.json and report_coverage.md.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import tempfile
 import time
@@ -34,7 +33,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from bench_features import machine
+from bench_features import machine, write_results
 
 from sendwise.features.respond import ResponseModel, planted_value, respond, with_responses
 from sendwise.policy.simulated import STUDY_SETTINGS, logged_campaigns
@@ -43,7 +42,6 @@ from sendwise.reports.outcomes import outcomes
 from sendwise.store.decisions import DecisionLog
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "experiments" / "results"
 DAYS = 14
 SETTINGS = STUDY_SETTINGS
 AA = "personal vs popular products"
@@ -153,8 +151,6 @@ def main() -> None:
         "settings": SETTINGS.holdouts.model_dump(by_alias=True),
         "rows": rows,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "report_coverage.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
         "# Campaign report: do its 95% intervals cover the planted values?",
         "",
@@ -181,8 +177,7 @@ def main() -> None:
         f"{len(cells)} rows would be flagged even if every interval were exact; "
         f"{flagged} are.",
     ]
-    (RESULTS / "report_coverage.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results("report_coverage", lines, result)
 
 
 if __name__ == "__main__":

@@ -13,14 +13,13 @@ Writes experiments/results/served.json and served.md.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from datetime import timedelta
 from pathlib import Path
 
 import polars as pl
-from bench_features import machine
+from bench_features import machine, write_results
 from child import run_cli, work_env
 from sklearn.metrics import roc_auc_score
 
@@ -31,7 +30,6 @@ from sendwise.models.metrics import ranking_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 ONLINE_RETAIL = ROOT.parent / "shared" / "data" / "online_retail" / "online_retail_2010_2011.csv.gz"
-RESULTS = ROOT / "experiments" / "results"
 AS_OF, HORIZON = "2011-09-09", 90
 BARS = {"products_ndcg@10": 0.346, "cross_sell_recall@10": 0.046, "roc_auc": 0.729}
 
@@ -86,8 +84,6 @@ def main() -> None:
         "cli_seconds": timings,
         "judge_seconds": round(time.perf_counter() - started, 1),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "served.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
         "# Served decisions on Online Retail",
         "",
@@ -101,8 +97,7 @@ def main() -> None:
         if name != "customers":
             bar = BARS.get(name)
             lines.append(f"| {name} | {value:.4f} | {'' if bar is None else f'{bar:.3f}'} |")
-    (RESULTS / "served.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results("served", lines, result)
 
 
 if __name__ == "__main__":

@@ -14,12 +14,11 @@ import tempfile
 from pathlib import Path
 
 import polars as pl
-from bench_features import machine
+from bench_features import machine, write_results
 from child import run_cli, work_env
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
-RESULTS = ROOT / "experiments" / "results"
 HILLSTROM = ["--arm-col", "segment", "--control", "No E-Mail", "--outcome", "visit",
              "--exclude", "conversion", "--revenue", "spend"]  # fmt: skip
 
@@ -74,9 +73,7 @@ def main() -> None:
         "|---|---|---|",
         *(f"| {shop} | {when} | {'yes' if same else 'NO'} |" for shop, when, same in rows),
     ]
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "shops_apart.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results("shops_apart", lines)
 
 
 if __name__ == "__main__":
