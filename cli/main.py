@@ -24,11 +24,22 @@ import polars as pl
 import typer
 from rich.console import Console
 
+from sendwise.cli.scale import EngineOption, SchedulerOption, progress_bar, shop_app
 from sendwise.errors import SendwiseError
 from sendwise.features.clock import parse_as_of
-from sendwise.features.shop import EXPERIMENTS, check_shop_name, read_shop, shop_name, write_shop
+from sendwise.features.engine import Engine
+from sendwise.features.shop import (
+    EXPERIMENTS,
+    bucket_dirs,
+    check_shop_name,
+    read_shop,
+    shop_name,
+    write_shop,
+)
 from sendwise.store.files import write_frame
 from sendwise.store.settings import home
+
+from .triggers import register as register_triggers
 
 # Each command imports what only it needs, so that start-up stays short.
 
@@ -44,6 +55,7 @@ report_app = typer.Typer(help="Reports for marketers.", no_args_is_help=True)
 app.add_typer(import_app, name="import")
 app.add_typer(report_app, name="report")
 app.add_typer(features_app, name="features")
+app.add_typer(shop_app, name="shop")
 
 console = Console(stderr=True)
 out = Console(soft_wrap=True)  # a line a message, even in a narrow terminal or a pipe
@@ -178,15 +190,23 @@ def features_build(
     shop: ShopDir,
     as_of: AsOf,
     out_file: Annotated[Path, typer.Option("--out", help="Output .parquet or .csv file.")],
+    engine: EngineOption = Engine.local,
+    scheduler: SchedulerOption = None,
 ) -> None:
-    """One row per customer known on the cut-off; nothing after it is read."""
+    """One row per customer known on the cut-off; nothing after it is read. A bucketed shop
+    is built bucket by bucket on --engine, with the same result."""
     from sendwise.features import builders
 
     cutoff = parse_as_of(as_of)
     started = time.perf_counter()
-    with console.status("Building features..."):
-        frame = builders.customer_features(read_shop(shop), cutoff).collect()
-        write_frame(frame, out_file)
+    buckets = bucket_dirs(shop)
+    if buckets or engine is not Engine.local:
+        with progress_bar(f"Building features ({engine})", len(buckets)) as tick:
+            frame = builders.features_by_bucket(shop, cutoff, engine, scheduler, tick)
+    else:
+        with console.status("Building features..."):
+            frame = builders.customer_features(read_shop(shop), cutoff).collect()
+    write_frame(frame, out_file)
     out.print(
         f"Wrote {out_file}: {len(frame):,} customers x {frame.width - 1} features as of "
         f"{cutoff:%Y-%m-%d %H:%M:%S} UTC in {time.perf_counter() - started:.2f}s"
@@ -896,6 +916,9 @@ def demo(
     from sendwise.cli.demo import run_demo
 
     run_demo(workdir or home() / "demo", customers, out)
+
+
+register_triggers(app, simulate_app)
 
 
 def main(argv: list[str] | None = None) -> int:

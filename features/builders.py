@@ -7,14 +7,19 @@ point-in-time rule is applied; only `purchase_labels` reads the window after `as
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import polars as pl
 import polars.selectors as cs
 
+from sendwise.errors import SendwiseError
+
 from . import expressions as fx
 from .clock import with_local_time
-from .shop import Shop
+from .engine import Engine, Progress, run_buckets
+from .shop import Shop, bucket_dirs, read_bucket, read_shop
 
 log = logging.getLogger(__name__)
 
@@ -82,16 +87,20 @@ def localise(frame: pl.LazyFrame, customers: pl.LazyFrame, fallback: str) -> pl.
     return with_local_time(located, sorted(set(zones.to_series().to_list()) | {fallback}))
 
 
-def local_activity(shop: Shop, as_of: datetime) -> pl.LazyFrame:
-    """`activity` up to `as_of` with each customer's local time (`local_at`) and zone."""
+def local_activity(shop: Shop, as_of: datetime, timezone: str | None = None) -> pl.LazyFrame:
+    """`activity` up to `as_of` with each customer's local time (`local_at`) and zone.
+
+    `timezone` is the fallback for customers without one, `shop_timezone` of the shop at
+    `as_of` unless given (a bucket is given the whole shop's: see `FeatureContext`).
+    """
     past = shop.until(as_of)
-    return localise(activity(past), past.customers, shop_timezone(past))
+    return localise(activity(past), past.customers, timezone or shop_timezone(past))
 
 
-def activity_hours(shop: Shop, as_of: datetime) -> pl.LazyFrame:
+def activity_hours(shop: Shop, as_of: datetime, timezone: str | None = None) -> pl.LazyFrame:
     """`local_activity` reduced to what send-time models and the hour profile read: local
     hour and weekday (Monday = 0), source and age."""
-    return local_activity(shop, as_of).select(
+    return local_activity(shop, as_of, timezone).select(
         "customer_id",
         "source",
         "timezone",
@@ -143,18 +152,19 @@ def abandoned_carts(shop: Shop) -> pl.LazyFrame:
 
 
 def customer_features(
-    shop: Shop, as_of: datetime, hours: pl.LazyFrame | None = None
+    shop: Shop, as_of: datetime, hours: pl.LazyFrame | None = None, timezone: str | None = None
 ) -> pl.LazyFrame:
     """One row per customer known at `as_of`; nothing after `as_of` is read.
 
     `hours` is `activity_hours(shop, as_of)` where the caller has it already (scoring reads
-    it for send times too), so that every event is put in local time once.
+    it for send times too), so that every event is put in local time once. `timezone` is the
+    fallback zone (see `local_activity`): the one feature input that is not per customer.
     """
     past = shop.until(as_of)
     for table in past.missing:
         log.info("no %s table: its features are zero or missing", table)
     customers = known_customers(past)
-    fallback = shop_timezone(past)
+    fallback = timezone or shop_timezone(past)
 
     orders = (
         purchase_orders(past)
@@ -172,7 +182,7 @@ def customer_features(
     )
     web = abandoned_carts(past).group_by("customer_id").agg(fx.web_behaviour(as_of))
     email = past.email_events.group_by("customer_id").agg(fx.email_engagement(as_of))
-    hours = activity_hours(shop, as_of) if hours is None else hours
+    hours = activity_hours(shop, as_of, fallback) if hours is None else hours
     profile = (
         hours.group_by("customer_id", "local_hour", "local_weekday")
         .agg(n=pl.len())
@@ -263,3 +273,42 @@ def interactions(shop: Shop, as_of: datetime) -> pl.LazyFrame:
         )
         .sort("customer_id", "product_id")
     )
+
+
+@dataclass(frozen=True)
+class FeatureContext:
+    """What each bucket's features need from the whole shop, computed once: every feature is
+    per customer but the fallback time zone, the shop's most common one."""
+
+    as_of: datetime
+    timezone: str
+
+
+def feature_context(shop: Shop, as_of: datetime) -> FeatureContext:
+    return FeatureContext(as_of, shop_timezone(shop.until(as_of)))
+
+
+def bucket_features(bucket: Path, context: FeatureContext) -> pl.DataFrame:
+    """`customer_features` of one bucket's customers: the function the engines run per bucket."""
+    shop = read_bucket(bucket)
+    return customer_features(shop, context.as_of, timezone=context.timezone).collect()
+
+
+def features_by_bucket(
+    directory: Path,
+    as_of: datetime,
+    engine: Engine | str = Engine.local,
+    scheduler: str | None = None,
+    progress: Progress | None = None,
+) -> pl.DataFrame:
+    """`customer_features` of a bucketed shop, bucket by bucket on `engine`: the same frame as
+    the whole shop's, sorted by customer."""
+    buckets = bucket_dirs(directory)
+    if not buckets:
+        raise SendwiseError(
+            f"{directory}: not a bucketed shop; split it first with "
+            "`sendwise shop partition --shop DIR --buckets N --out DIR`"
+        )
+    context = feature_context(read_shop(directory, validate=False), as_of)
+    frames = run_buckets(bucket_features, buckets, context, engine, scheduler, progress)
+    return pl.concat(frames).sort("customer_id")

@@ -29,6 +29,12 @@ SUFFIXES = (".parquet", ".csv", ".csv.gz")
 SHOP_FILE = "shop.toml"  # `name = "..."`: whose models these are in the registry
 EXPERIMENTS = "experiments"  # the shop an experiment file's models belong to by default
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+# A bucketed shop (`sendwise shop partition`, layout in buckets.py) keeps each customer-keyed
+# table in buckets/NNNNN/ and the tables below, shared by every customer, once at the top.
+PARTITION = "partition"  # the shop.toml table that marks a bucketed shop
+BUCKETS = "buckets"
+BUCKET_DIGITS = 5
+SHARED_TABLES = ("products",)
 
 
 def check_shop_name(name: str, where: str = "--shop-name") -> str:
@@ -47,20 +53,58 @@ def name_from_directory(directory: Path) -> str:
     return slug[:63] or "shop"
 
 
+def shop_document(directory: Path) -> dict | None:
+    """The shop's `shop.toml`, parsed; None when it has none."""
+    path = directory / SHOP_FILE
+    if not path.is_file():
+        return None
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise ContractError(f"{path}: not valid TOML: {error}") from error
+
+
 def shop_name(directory: str | Path) -> str:
     """The shop's name: `name` in its `shop.toml`, else the directory's name."""
     directory = Path(directory)
-    path = directory / SHOP_FILE
-    if not path.is_file():
+    document = shop_document(directory)
+    if document is None:
         return name_from_directory(directory)
-    try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise ContractError(f"{path}: not valid TOML: {error}") from error
     name = document.get("name")
     if not isinstance(name, str):
-        raise ContractError(f'{path}: no name = "..." in it')
-    return check_shop_name(name, str(path))
+        raise ContractError(f'{directory / SHOP_FILE}: no name = "..." in it')
+    return check_shop_name(name, str(directory / SHOP_FILE))
+
+
+def bucket_count(directory: Path) -> int | None:
+    """`[partition] buckets` in the shop's `shop.toml`: None for a plain shop."""
+    partition = (shop_document(directory) or {}).get(PARTITION)
+    if partition is None:
+        return None
+    count = partition.get("buckets") if isinstance(partition, dict) else None
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        raise ContractError(
+            f"{directory / SHOP_FILE}: [{PARTITION}] buckets must be a whole number above 0"
+        )
+    return count
+
+
+def bucket_dirs(directory: str | Path) -> list[Path]:
+    """A bucketed shop's bucket directories in order (`buckets/00000`, ...); [] for a plain
+    shop (layout in `buckets.py`)."""
+    directory = Path(directory)
+    found = [bucket_dir(directory, index) for index in range(bucket_count(directory) or 0)]
+    missing = [path.name for path in found if not path.is_dir()]
+    if missing:
+        raise ContractError(
+            f"{directory / BUCKETS}: no bucket {missing[0]} of {len(found)} "
+            f"({len(missing)} missing); partition the shop again"
+        )
+    return found
+
+
+def bucket_dir(directory: Path, index: int) -> Path:
+    return directory / BUCKETS / f"{index:0{BUCKET_DIGITS}d}"
 
 
 @dataclass(frozen=True)
@@ -147,41 +191,94 @@ def typed(table: Table, raw: pl.LazyFrame) -> pl.LazyFrame:
 
 
 def read_table(path: Path, table: Table, validate: bool = True) -> pl.LazyFrame:
-    raw = scan_raw(path)
+    return checked_table(scan_raw(path), table, str(path), validate)
+
+
+def checked_table(raw: pl.LazyFrame, table: Table, where: str, validate: bool) -> pl.LazyFrame:
+    """A table as read, its columns checked (and its rows, if `validate`), then typed."""
     try:
         schema = raw.collect_schema()
-        check_columns(table, schema, str(path))
+        check_columns(table, schema, where)
         if validate:
-            check_rows(table, raw, str(path))
+            check_rows(table, raw, where)
     except pl.exceptions.PolarsError as error:
         first_line = (
             str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         )
-        raise ContractError(f"{path}: cannot be read as {table.name}: {first_line}") from error
+        raise ContractError(f"{where}: cannot be read as {table.name}: {first_line}") from error
     return typed(table, raw)
 
 
+def read_bucketed_table(
+    directory: Path, buckets: list[Path], table: Table, validate: bool
+) -> pl.LazyFrame | None:
+    """One customer-keyed table of a bucketed shop: all its buckets' files as one table."""
+    if table_file(directory, table.name) is not None:
+        raise ContractError(
+            f"{directory}: table '{table.name}' is both beside and inside {BUCKETS}/; "
+            f"a bucketed shop keeps it in {BUCKETS}/ only (partition the shop again)"
+        )
+    files = [bucket / f"{table.name}.parquet" for bucket in buckets]
+    files = [f for f in files if f.is_file()]
+    if not files:
+        return None
+    where = str(directory / BUCKETS / "*" / f"{table.name}.parquet")
+    return checked_table(pl.scan_parquet(files), table, where, validate)
+
+
 def read_shop(directory: str | Path, validate: bool = True) -> Shop:
-    """Read and check every table of a shop directory; `orders` is the only mandatory one."""
+    """Read and check every table of a shop directory; `orders` is the only mandatory one.
+
+    A bucketed shop (`sendwise shop partition`) reads as the whole shop: every bucket's rows.
+    """
     directory = Path(directory)
     if not directory.is_dir():
         raise ContractError(f"{directory}: no such shop directory")
-    frames, present = {}, set()
+    buckets = bucket_dirs(directory)
+    frames = {}
     for name, table in TABLES.items():
-        path = table_file(directory, name)
-        if path is None:
-            if table.mandatory:
-                raise ContractError(
-                    f"{directory}: no {name} table (expected {name}.parquet or {name}.csv)"
-                )
-            frames[name] = empty_table(table)
-            continue
-        frames[name] = read_table(path, table, validate)
-        present.add(name)
+        if buckets and name not in SHARED_TABLES:
+            frames[name] = read_bucketed_table(directory, buckets, table, validate)
+        else:
+            path = table_file(directory, name)
+            frames[name] = None if path is None else read_table(path, table, validate)
+    return _shop(frames, directory, shop_name(directory))
+
+
+def read_bucket(bucket: str | Path, validate: bool = True) -> Shop:
+    """One bucket of a bucketed shop as a Shop of its customers, with the shared catalogue.
+
+    A bucket may hold no orders (a small shop in many buckets): the whole shop's orders were
+    checked when it was partitioned.
+    """
+    bucket = Path(bucket)
+    root = bucket.parent.parent
+    count = bucket_count(root) if bucket.parent.name == BUCKETS else None
+    known = count is not None and bucket.name.isdigit() and int(bucket.name) < count
+    if not (known and bucket == bucket_dir(root, int(bucket.name)) and bucket.is_dir()):
+        raise ContractError(f"{bucket}: not a bucket of a shop made by `sendwise shop partition`")
+    frames = {}
+    for name, table in TABLES.items():
+        folder = root if name in SHARED_TABLES else bucket
+        path = table_file(folder, name)
+        table = replace(table, mandatory=False)
+        frames[name] = None if path is None else read_table(path, table, validate)
+    return _shop(frames, bucket, shop_name(root))
+
+
+def _shop(frames: dict[str, pl.LazyFrame | None], directory: Path, name: str) -> Shop:
+    """A Shop of the tables found (None: absent); only `orders` is mandatory."""
+    for table_name, table in TABLES.items():
+        if frames[table_name] is None and table.mandatory:
+            raise ContractError(
+                f"{directory}: no {table_name} table "
+                f"(expected {table_name}.parquet or {table_name}.csv)"
+            )
+    present = frozenset(n for n, frame in frames.items() if frame is not None)
     shop = Shop(
-        **frames,
-        present=frozenset(present),
-        name=shop_name(directory),
+        **{n: empty_table(TABLES[n]) if f is None else f for n, f in frames.items()},
+        present=present,
+        name=name,
         directory=directory.resolve(),
     )
     if shop.missing:

@@ -143,7 +143,89 @@ class OfferSettings(Section):
 
 
 class TriggerSettings(Section):
+    """One trigger's rules (DESIGN: Events and triggers). Hours are of the event clock; a
+    threshold a trigger does not read is left unset."""
+
+    enabled: bool = True
     holdout: Share | None = None  # default: [holdouts] trigger
+    wait_hours: float = Field(0.0, ge=0)  # from the (last) entry signal to the firing
+    cooldown_hours: float = Field(24.0, ge=0)  # before the same customer and subject again
+    lookback_hours: float | None = Field(None, gt=0)  # how far back entry signals count
+    min_signals: int | None = Field(None, ge=1)  # browse: views of one product; search
+    min_category_views: int | None = Field(None, ge=1)  # browse by category
+    drop_share: Share | None = None  # price drop: this far below the price seen
+    below: int | None = Field(None, ge=1)  # low stock: stock under this
+    min_orders: int | None = Field(None, ge=1)  # win-back: customers with this many orders
+
+
+DAY, LONG_AGO = 24.0, 100 * 365 * 24.0  # a welcome is sent once
+DEFAULT_TRIGGERS = {
+    "cart_abandoned": TriggerSettings(wait_hours=1, cooldown_hours=DAY),
+    "browse_abandoned": TriggerSettings(
+        wait_hours=2,
+        cooldown_hours=3 * DAY,
+        lookback_hours=DAY,
+        min_signals=2,
+        min_category_views=3,
+    ),
+    "search_abandoned": TriggerSettings(
+        wait_hours=2, cooldown_hours=3 * DAY, lookback_hours=DAY, min_signals=2
+    ),
+    "price_drop": TriggerSettings(cooldown_hours=7 * DAY, lookback_hours=30 * DAY, drop_share=0.1),
+    "back_in_stock": TriggerSettings(cooldown_hours=7 * DAY, lookback_hours=30 * DAY),
+    "low_stock": TriggerSettings(cooldown_hours=7 * DAY, below=5),
+    "replenishment_due": TriggerSettings(cooldown_hours=7 * DAY),
+    "review_request": TriggerSettings(wait_hours=7 * DAY, cooldown_hours=30 * DAY),
+    "welcome": TriggerSettings(cooldown_hours=LONG_AGO),
+    "win_back": TriggerSettings(wait_hours=90 * DAY, cooldown_hours=90 * DAY, min_orders=2),
+}
+PRIORITY = (  # who wins when two are due for one customer; welcome is never blocked
+    "cart_abandoned",
+    "browse_abandoned",
+    "price_drop",
+    "back_in_stock",
+    "low_stock",
+    "search_abandoned",
+    "replenishment_due",
+    "review_request",
+    "win_back",
+    "welcome",
+)
+
+
+class TriggersSettings(Section):
+    """Rules across triggers, then `[triggers.NAME]` for each (defaults: `DEFAULT_TRIGGERS`;
+    a section names only what it changes)."""
+
+    gap_hours: float = Field(16.0, ge=0)  # at most one triggered email per customer this often
+    min_signals: int = Field(2, ge=1)  # behaviour in the last 30 days before retargeting
+    priority: list[Trigger] = list(PRIORITY)
+    cart_abandoned: TriggerSettings = DEFAULT_TRIGGERS["cart_abandoned"]
+    browse_abandoned: TriggerSettings = DEFAULT_TRIGGERS["browse_abandoned"]
+    search_abandoned: TriggerSettings = DEFAULT_TRIGGERS["search_abandoned"]
+    price_drop: TriggerSettings = DEFAULT_TRIGGERS["price_drop"]
+    back_in_stock: TriggerSettings = DEFAULT_TRIGGERS["back_in_stock"]
+    low_stock: TriggerSettings = DEFAULT_TRIGGERS["low_stock"]
+    replenishment_due: TriggerSettings = DEFAULT_TRIGGERS["replenishment_due"]
+    review_request: TriggerSettings = DEFAULT_TRIGGERS["review_request"]
+    welcome: TriggerSettings = DEFAULT_TRIGGERS["welcome"]
+    win_back: TriggerSettings = DEFAULT_TRIGGERS["win_back"]
+
+    @model_validator(mode="before")
+    @classmethod
+    def over_the_defaults(cls, document: object) -> object:
+        """A `[triggers.NAME]` section changes only the keys it names."""
+        if not isinstance(document, dict):
+            return document
+        merged = dict(document)
+        for name, default in DEFAULT_TRIGGERS.items():
+            given = document.get(name)
+            if isinstance(given, dict):
+                merged[name] = {**default.model_dump(exclude_none=True), **given}
+        return merged
+
+    def of(self, trigger: str) -> TriggerSettings:
+        return getattr(self, trigger)
 
 
 class Settings(Section):
@@ -156,11 +238,11 @@ class Settings(Section):
     products: ProductSettings = ProductSettings()
     suppression: SuppressionSettings = SuppressionSettings()
     offers: OfferSettings = OfferSettings()
-    triggers: dict[Trigger, TriggerSettings] = {}
+    triggers: TriggersSettings = TriggersSettings()
 
     def trigger_holdout(self, trigger: str) -> float:
-        found = self.triggers.get(trigger)
-        return self.holdouts.trigger if found is None or found.holdout is None else found.holdout
+        found = self.triggers.of(trigger).holdout if trigger in TRIGGERS else None
+        return self.holdouts.trigger if found is None else found
 
 
 def config_path(path: Path | None = None) -> Path | None:
@@ -205,8 +287,11 @@ def to_toml(settings: Settings) -> str:
     document = settings.model_dump(by_alias=True)
     for section, values in document.items():
         if section == "triggers":
-            for name, trigger in values.items():
-                lines += ["", f"[triggers.{name}]", *_assignments(trigger)]
+            common = {k: v for k, v in values.items() if k not in TRIGGERS}
+            lines += ["", "[triggers]", *_assignments(common)]
+            for name in TRIGGERS:
+                read = {k: v for k, v in values[name].items() if v is not None or k == "holdout"}
+                lines += ["", f"[triggers.{name}]", *_assignments(read)]
             continue
         lines += ["", f"[{section}]", *_assignments(values)]
     return "\n".join(lines).lstrip() + "\n"

@@ -240,6 +240,8 @@ class Batch:
     offer_value: np.ndarray = field(init=False)
     send_at: np.ndarray = field(init=False)
     reasons: dict[str, np.ndarray] = field(default_factory=dict)
+    subject: list[str | None] | None = None  # a trigger's product per row, if any
+    fired_at: np.ndarray | None = None  # when each row's trigger fired (µs), if any
 
     def __len__(self) -> int:
         return len(self.known)
@@ -258,9 +260,11 @@ def decide(
     sent: pl.DataFrame | None = None,
     batch_id: str = "local",
 ) -> pl.DataFrame:
-    """One decision per row of `recipients` (`customer_id`; optional `timezone` and
-    `opted_out`), in order (`DECISION_COLUMNS`). `sent`: earlier marketing sends
-    (`customer_id`, `sent_at`) of other campaigns for the frequency caps; None: no caps."""
+    """One decision per row of `recipients` (`customer_id`; optional `timezone`,
+    `opted_out`, and for a trigger its product as `subject` and when it fired, µs, as
+    `fired_at`), in order (`DECISION_COLUMNS`).
+    `sent`: earlier marketing sends (`customer_id`, `sent_at`) of other campaigns for the
+    frequency caps; None: no caps."""
     now = context.now or now
     batch = recipients_known(snapshot, recipients)
     suppress(batch, snapshot, context, settings)
@@ -293,6 +297,12 @@ def recipients_known(snapshot: Snapshot, recipients: pl.DataFrame) -> Batch:
         segment=columns["segment"][at],
         opted_out=np.zeros(len(ids), bool) if opted_out is None else opted_out.to_numpy(),
     )
+    subject = recipients.get_column("subject", default=None)
+    if subject is not None:
+        batch.subject = subject.to_list()
+    fired_at = recipients.get_column("fired_at", default=None)
+    if fired_at is not None:
+        batch.fired_at = fired_at.to_numpy()
     reason = columns["propensity_reason"][at]
     batch.reasons.update(
         r_segment=np.char.add("segment_", batch.segment),
@@ -338,7 +348,7 @@ def draw_holdouts(batch: Batch, snapshot: Snapshot, context: Context, settings: 
     bands = np.column_stack(
         [
             np.where(has_products, shares.products, 0.0),
-            np.where(hours[:, 0] != EMPTY, shares.sendtime, 0.0),
+            np.where((hours[:, 0] != EMPTY) & (not context.trigger), shares.sendtime, 0.0),
             np.where(batch.known & bool(snapshot.arms), shares.offer, 0.0),
         ]
     )
@@ -484,13 +494,21 @@ def schedule(batch: Batch, context: Context, settings: Settings, now: datetime) 
         timing.quiet_start if context.quiet_start is None else context.quiet_start,
         timing.quiet_end if context.quiet_end is None else context.quiet_end,
     )
-    at, personal = send_times(
-        batch.timezone, batch.send_hours, start, end, quiet, timing.fallback_hour
-    )
+    if context.trigger is None:
+        at, personal = send_times(
+            batch.timezone, batch.send_hours, start, end, quiet, timing.fallback_hour
+        )
+        usual = np.where(personal, "sendtime_personal", "sendtime_fallback")
+    else:  # a triggered email goes at once, or when the recipient's quiet hours end
+        hour = start.replace(minute=0, second=0, microsecond=0)
+        none = np.full_like(batch.send_hours, EMPTY)
+        at, _ = send_times(batch.timezone, none, hour, end, quiet, EARLIEST)
+        # not before each firing: exact while a batch's firings share one clock hour
+        fired = batch.fired_at if batch.fired_at is not None else int(start.timestamp() * 1e6)
+        at = np.where(at >= 0, np.maximum(at, fired), at)
+        usual = "sendtime_first_allowed"
     found = at >= 0
-    reason = np.where(
-        ~found, "no_time_in_window", np.where(personal, "sendtime_personal", "sendtime_fallback")
-    )
+    reason = np.where(~found, "no_time_in_window", usual)
     batch.reasons["r_sendtime"] = np.where(batch.send, reason, "")
     batch.send_at = np.where(batch.send & found, at, -1)
     batch.send = batch.send & found
@@ -598,6 +616,8 @@ def finish(batch: Batch, snapshot: Snapshot, context: Context, batch_id: str) ->
             for name, shop in (("products", snapshot.popular), ("cross_sell", snapshot.trending))
         )
     sending, kind = batch.send, batch.holdout_kind
+    if batch.subject is not None:
+        lists = _subject_first(lists, batch.subject)
     send_at = batch.send_at.astype("datetime64[us]")
     send_at[batch.send_at < 0] = np.datetime64("NaT")
     frame = pl.DataFrame(
@@ -636,6 +656,25 @@ FINISHED = {name: pl.col(name) for name in DECISION_COLUMNS} | {
     "send_at": pl.col("send_at").dt.replace_time_zone("UTC"),
     "holdout_kind": pl.col("holdout_kind").replace("", None),
 }
+
+
+def _subject_first(lists: pl.DataFrame, subjects: list[str | None]) -> pl.DataFrame:
+    """A triggered email's product (its subject) leads `products` and leaves `cross_sell`;
+    the lists keep their lengths. Per row in Python: trigger batches are small."""
+
+    def lead(items: list[str], subject: str | None) -> list[str]:
+        if subject is None:
+            return items
+        return [subject, *(p for p in items if p != subject)][: max(len(items), 1)]
+
+    def without(items: list[str], subject: str | None) -> list[str]:
+        return [p for p in items if p != subject]
+
+    products, cross_sell = lists["products"].to_list(), lists["cross_sell"].to_list()
+    return lists.with_columns(
+        pl.Series("products", list(map(lead, products, subjects)), pl.List(pl.String)),
+        pl.Series("cross_sell", list(map(without, cross_sell, subjects)), pl.List(pl.String)),
+    )
 
 
 def _lists_of_present(columns: list[np.ndarray]) -> pl.Series:

@@ -17,21 +17,25 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from pathlib import Path
 
 import polars as pl
 
 from sendwise.errors import SendwiseError
 from sendwise.features.clock import parse_as_of
+from sendwise.features.events import CatalogUpdate, Event, catalog_rows, event_rows
 from sendwise.features.shop import read_shop, shop_name
 from sendwise.policy.config import Settings, load_settings
 from sendwise.policy.decide import Snapshot, decide
 from sendwise.store import registry
 from sendwise.store.decisions import DecisionLog
+from sendwise.store.events import EventStore
 from sendwise.store.sends import SendHistory, send_history
 
 from .decide import DecideRequest
 from .engine import REQUIRED, ChampionError, Champions, build_snapshot
+from .triggers import TriggerRunner
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +138,29 @@ class Runtime:
         self.log = decision_log or DecisionLog()
         self.history = history or send_history(self.log)
         self._stop = threading.Event()
+        self.trigger_runner: TriggerRunner | None = None
+
+    @cached_property
+    def events(self) -> EventStore:
+        """The event store (`SENDWISE_EVENTS_URL`, else SQLite under the home), opened on
+        first use."""
+        return EventStore()
+
+    def ingest(self, events: list[Event]) -> dict[str, int]:
+        """Store checked events durably: how many were new, how many repeated a message_id."""
+        accepted = self.events.add_events(event_rows(events))
+        return {"accepted": accepted, "duplicates": len(events) - accepted}
+
+    def ingest_catalog(self, updates: list[CatalogUpdate]) -> dict[str, int]:
+        return {"accepted": self.events.add_catalog(catalog_rows(updates))}
+
+    def run_triggers(self) -> None:
+        """The trigger engine in this process, in a daemon thread (one process of all that
+        share the event store acts: see `TriggerRunner`)."""
+        self.trigger_runner = TriggerRunner(
+            self.events, self.log, self.history, self.rules, lambda: self.snapshot
+        )
+        self.trigger_runner.start()
 
     def health(self) -> tuple[bool, dict]:
         """(ready, what `/readyz` says): degraded while serving other versions than the
@@ -217,4 +244,6 @@ class Runtime:
 
     def close(self) -> None:
         self._stop.set()
+        if self.trigger_runner is not None:
+            self.trigger_runner.stop()
         self.log.close()

@@ -11,13 +11,19 @@ method, path and the fields at fault, never a request value, never a traceback.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import functools
+import gzip
 import hmac
 import inspect
+import io
 import json
 import logging
 import os
 from collections.abc import Mapping
+from datetime import UTC, datetime
+from urllib.parse import parse_qsl
 
 import bentoml
 from prometheus_client import Counter as PrometheusCounter
@@ -28,12 +34,20 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sendwise import __version__
+from sendwise.features.events import (
+    CatalogBatch,
+    EventBatch,
+    SegmentBatch,
+    SegmentCall,
+    from_segment,
+)
 
 from .decide import DecideRequest, Decision, answer_json
 from .runtime import Runtime, ServeSettings
 
 OPEN_PATHS = ("/", "/livez", "/readyz", "/healthz", "/metrics", "/docs.json", "/schema.json")
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024  # 10,000 recipients take about 0.6 MB
+MAX_UNPACKED = 16 * 1024 * 1024  # a gzip body from Segment's SDK, unpacked
 # media types BentoML would parse as a form or a pickle rather than as JSON
 NOT_JSON = (
     "multipart/form-data",
@@ -109,6 +123,11 @@ class Guard:
         bearer = headers.get(b"authorization", b"")
         if given is None and bearer[:7].lower() == b"bearer ":
             given = bearer[7:].strip()
+        if given is None and bearer[:6].lower() == b"basic ":  # Segment's write key as user
+            try:
+                given = base64.b64decode(bearer[6:].strip(), validate=True).partition(b":")[0]
+            except binascii.Error:
+                return False
         # compare against every key, in constant time each
         return given is not None and any([hmac.compare_digest(given, k) for k in self.keys])
 
@@ -123,6 +142,8 @@ class Guard:
         if guarded and not self._authorised(headers):
             message = "missing or unknown API key: send X-API-Key or Authorization: Bearer"
             return await client_error(scope, 401, message)(scope, receive, send)
+        if path == "/triggers" and scope["method"] == "GET":
+            return await triggers_page(scope)(scope, receive, send)
         declared = headers.get(b"content-length")
         limit = self.max_body_bytes
         too_big = f"request body over the limit of {limit:,} bytes"
@@ -148,10 +169,13 @@ class Guard:
                 message = "send the body as application/json"
                 return await client_error(scope, 415, message)(scope, receive, send)
             try:
-                model.model_validate_json(body or b"{}")  # as BentoML reads an empty body
+                request = model.model_validate_json(body or b"{}")  # as BentoML reads ""
             except ValidationError as invalid:
                 error = client_error(scope, 400, "invalid request body", invalid)
                 return await error(scope, receive, send)
+            if path in DIRECT:  # answered here: the body is parsed once, not twice
+                answer = await readiness(scope) or DIRECT[path](request)
+                return await answer(scope, receive, send)
         replayed = False
 
         async def replay():
@@ -161,8 +185,6 @@ class Guard:
             replayed = True
             return {"type": "http.request", "body": body, "more_body": False}
 
-        if path == "/decide" and (answer := await readiness(scope)) is not None:
-            return await answer(scope, receive, send)
         return await self.app(scope, replay if chunks else receive, send)
 
 
@@ -205,6 +227,47 @@ async def readiness(scope: Scope) -> JSONResponse | None:
     return None
 
 
+def decided(request: DecideRequest) -> Response:
+    """The `/decide` answer from this worker's service."""
+    service = bentoml.get_current_service()
+    return Response(service.serve_json(request), media_type="application/json")
+
+
+def events_stored(batch: EventBatch) -> JSONResponse:
+    return JSONResponse(bentoml.get_current_service().runtime.ingest(batch.events))
+
+
+def catalog_stored(batch: CatalogBatch) -> JSONResponse:
+    return JSONResponse(bentoml.get_current_service().runtime.ingest_catalog(batch.products))
+
+
+class TriggersQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    after: int = Field(0, ge=0, description="the `next` of the last page read")
+    limit: int = Field(100, ge=1, le=1000)
+
+
+def triggers_page(scope: Scope) -> JSONResponse:
+    """`GET /triggers?after=CURSOR&limit=N`: firings in firing order, each with its
+    decision; resume with `after=next`."""
+    try:
+        query = TriggersQuery.model_validate(dict(parse_qsl(scope["query_string"].decode())))
+    except ValidationError as invalid:
+        return client_error(scope, 400, "invalid query", invalid)
+    found = bentoml.get_current_service().runtime.events.firings_after(query.after, query.limit)
+    page = TriggersPage(
+        triggers=[{k: v for k, v in f.items() if k != "seq"} for f in found],
+        next=found[-1]["seq"] if found else query.after,
+    )
+    return JSONResponse(page.model_dump())
+
+
+# POST paths `Guard` answers itself once it has checked the body (the BentoML routes of the
+# same paths give the contract: OpenAPI, clients)
+DIRECT = {"/decide": decided, "/events": events_stored, "/catalog": catalog_stored}
+
+
 # the body is a `DecideRequest` itself (a positional-only parameter below), so its rules hold
 # at the top level too: unknown fields are refused there as they are in a recipient
 class DecideBody(DecideRequest, bentoml.IODescriptor):
@@ -229,12 +292,61 @@ class DecideBody(DecideRequest, bentoml.IODescriptor):
     )
 
 
+class EventBody(EventBatch, bentoml.IODescriptor):
+    """`{"events": [{"message_id", "type", "customer_id", "timestamp", "properties"}]}`."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "events": [
+                    {
+                        "message_id": "m-1",
+                        "type": "product_added",
+                        "customer_id": "17850",
+                        "timestamp": "2026-06-01T10:00:00Z",
+                        "properties": {"product_id": "85123A", "price": 2.55, "quantity": 1},
+                    }
+                ]
+            }
+        }
+    )
+
+
+class CatalogBody(CatalogBatch, bentoml.IODescriptor):
+    """`{"products": [{"product_id", "timestamp", "price", "stock"}]}` (price or stock)."""
+
+
+class EventsAccepted(BaseModel):
+    accepted: int = Field(description="events stored now")
+    duplicates: int = Field(description="events whose message_id was stored before")
+
+
+class CatalogAccepted(BaseModel):
+    accepted: int
+
+
+class Firing(BaseModel):
+    trigger_id: str
+    trigger: str
+    customer_id: str
+    subject: str | None
+    fired_at: str
+    decision: dict
+
+
+class TriggersPage(BaseModel):
+    triggers: list[Firing]
+    next: int = Field(description="pass as `after` for the firings after these")
+
+
 per_recipient = Starlette()
 docs = Starlette()
+segment = Starlette()
 
 
 @bentoml.service(name="sendwise", traffic={"timeout": 120}, http={"host": "127.0.0.1"})
 @bentoml.asgi_app(per_recipient, path="/connected")
+@bentoml.asgi_app(segment, path="/v1")
 @bentoml.asgi_app(docs, path="/")
 class Sendwise:
     """Decisions for an ESP: which offer, which products, when to send, and who is held out.
@@ -248,12 +360,14 @@ class Sendwise:
             on_reload_failure=model_reload_failures.inc,
         )
         self.runtime.watch()
+        if os.environ.get("SENDWISE_TRIGGERS", "1") == "1":
+            self.runtime.run_triggers()
 
     def __is_ready__(self) -> bool:
         """A valid model set loaded and the decision log reachable (`Readiness` says more)."""
         return self.runtime.snapshot is not None and self.runtime.log.ping()
 
-    def _serve(self, request: DecideRequest) -> bytes:
+    def serve_json(self, request: DecideRequest) -> bytes:
         answer = self.runtime.serve(request)
         decisions = answer["decisions"]
         for send, holdout, n in decisions.group_by("send", "holdout").len().iter_rows():
@@ -263,8 +377,21 @@ class Sendwise:
     @bentoml.api(route="/decide")
     async def decide(self, request: DecideBody, /) -> DecideResponse:
         """Decisions for 1 to 10,000 recipients, in order; the batch is logged whole first."""
-        # the documented `DecideResponse`, written as JSON by Polars rather than by pydantic
-        return Response(self._serve(request), media_type="application/json")
+        # `Guard` answers a valid body itself (`decided`), from the body it has parsed; this
+        # route gives BentoML the contract (OpenAPI, clients) and answers if Guard is absent.
+        # The documented `DecideResponse` is written as JSON by Polars rather than by pydantic.
+        return Response(self.serve_json(request), media_type="application/json")
+
+    @bentoml.api(route="/events")
+    async def events(self, batch: EventBody, /) -> EventsAccepted:
+        """Behaviour events (1 to 10,000), stored durably before the answer; a repeated
+        `message_id` is counted as a duplicate and changes nothing."""
+        return EventsAccepted(**self.runtime.ingest(batch.events))
+
+    @bentoml.api(route="/catalog")
+    async def catalog(self, batch: CatalogBody, /) -> CatalogAccepted:
+        """Price and stock changes (1 to 10,000), stored durably before the answer."""
+        return CatalogAccepted(**self.runtime.ingest_catalog(batch.products))
 
     def recipient(self, customer_id: str, query: dict[str, str]) -> dict:
         """One recipient's decision with the context from query parameters, flattened for an
@@ -276,7 +403,7 @@ class Sendwise:
         if "offers" in context:
             context["offers"] = context["offers"].split(",")
         request = DecideRequest.model_validate({"recipients": [recipient], "context": context})
-        answer = json.loads(self._serve(request))
+        answer = json.loads(self.serve_json(request))
         return {"batch_id": answer["batch_id"], "logged": True, **answer["decisions"][0]}
 
 
@@ -291,6 +418,41 @@ async def _recipient_route(request: Request) -> JSONResponse:
 
 
 per_recipient.add_route("/decide", _recipient_route, methods=["GET"])
+
+
+async def _segment_route(request: Request) -> JSONResponse:
+    """Segment's (and RudderStack's) HTTP tracking API: `/v1/batch`, or one call at
+    `/v1/track` or `/v1/identify`; the e-commerce spec's track calls become events."""
+    body = await request.body()
+    if request.headers.get("content-encoding", "").lower() == "gzip":
+        try:
+            body = gzip_body(body)
+        except (OSError, EOFError, ValueError) as error:
+            return client_error(request.scope, 400, f"body not gzip: {error}")
+    try:
+        if request.url.path.endswith("/batch"):
+            calls = SegmentBatch.model_validate_json(body).batch
+        else:
+            call = SegmentCall.model_validate_json(body)
+            calls = [call.model_copy(update={"type": request.url.path.rsplit("/", 1)[-1]})]
+        events, skipped = from_segment(calls, datetime.now(UTC))
+        checked = EventBatch.model_validate({"events": events}).events if events else []
+    except ValidationError as invalid:
+        return client_error(request.scope, 400, "invalid request body", invalid)
+    stored = bentoml.get_current_service().runtime.ingest(checked) if checked else {}
+    return JSONResponse({"success": True, "skipped": skipped, **stored})
+
+
+def gzip_body(body: bytes) -> bytes:
+    """A gzip body, refused past the request-size limit once unpacked."""
+    unpacked = gzip.GzipFile(fileobj=io.BytesIO(body)).read(MAX_UNPACKED + 1)
+    if len(unpacked) > MAX_UNPACKED:
+        raise ValueError(f"over {MAX_UNPACKED:,} bytes unpacked")
+    return unpacked
+
+
+for call_path in ("/batch", "/track", "/identify"):
+    segment.add_route(call_path, _segment_route, methods=["POST"])
 
 # BentoML's own page loads Google Tag Manager, and its spec's description (BentoML's README)
 # shows badges from four other hosts; this page and spec load from this server alone.
@@ -327,6 +489,17 @@ def openapi() -> dict:
     spec = Sendwise.openapi_spec.asdict()
     description = inspect.cleandoc(Sendwise.inner.__doc__)
     spec["info"] = {"title": "sendwise", "version": __version__, "description": description}
+    spec["paths"]["/triggers"] = {
+        "get": {
+            "summary": "Firings after a cursor",
+            "description": inspect.cleandoc(triggers_page.__doc__),
+            "parameters": [
+                {"name": name, "in": "query", "schema": {"type": "integer"}}
+                for name in TriggersQuery.model_fields
+            ],
+            "responses": {"200": {"description": "A page of firings, and the next cursor"}},
+        }
+    }
     return spec
 
 

@@ -11,18 +11,16 @@ Reports and later training read outcomes' randomisation from here, never from se
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
-from pathlib import Path
 
 import numpy as np
 import polars as pl
 import sqlalchemy as sa
 
+from .database import database_url, open_engine, placeholder
 from .files import json_array
-from .settings import home
 
 metadata = sa.MetaData()
 
@@ -139,23 +137,7 @@ def would_be_send_time() -> pl.Expr:
 
 def log_url() -> str:
     """`SENDWISE_DECISION_LOG_URL`, or SQLite at `<home>/decisions.db`."""
-    url = os.environ.get("SENDWISE_DECISION_LOG_URL")
-    if url:
-        # psycopg 3 is the PostgreSQL driver we ship
-        for plain in ("postgresql://", "postgres://"):
-            if url.startswith(plain):
-                return "postgresql+psycopg://" + url[len(plain) :]
-        return url
-    home().mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{home() / 'decisions.db'}"
-
-
-def _sqlite_pragmas(connection, _record) -> None:
-    cursor = connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.close()
+    return database_url("SENDWISE_DECISION_LOG_URL", "decisions.db")
 
 
 def _polars_type(column: sa.Column) -> pl.DataType:
@@ -172,12 +154,7 @@ class DecisionLog:
 
     def __init__(self, url: str | None = None):
         self.url = url or log_url()
-        sqlite = self.url.startswith("sqlite")
-        self.engine = sa.create_engine(self.url, pool_pre_ping=not sqlite)
-        if sqlite:
-            if self.engine.url.database:
-                Path(self.engine.url.database).parent.mkdir(parents=True, exist_ok=True)
-            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+        self.engine = open_engine(self.url)
         had_sends = sa.inspect(self.engine).has_table("sends")
         metadata.create_all(self.engine, checkfirst=True)
         self._upgrade(had_sends)
@@ -224,15 +201,8 @@ class DecisionLog:
         sent = np.asarray(rows["customer_id"].to_list(), dtype=object)[marketing]
         at, stale = self._driver_time(decided_at), self._driver_time(decided_at - KEEP_SENDS)
         with self.engine.begin() as connection:
-            connection.execute(
-                batches.insert(),
-                {
-                    "batch_id": batch_id,
-                    "decided_at": decided_at,
-                    "campaign": campaign,
-                    "size": len(rows),
-                    "model_versions": versions,
-                },
+            connection.exec_driver_sql(
+                self._batch_sql, (batch_id, at, campaign, len(rows), versions)
             )
             if values:  # one driver-level executemany: a thousand rows in a few milliseconds
                 connection.exec_driver_sql(self._insert_sql, values)
@@ -243,7 +213,15 @@ class DecisionLog:
 
     @property
     def _mark(self) -> str:
-        return "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
+        return placeholder(self.engine)
+
+    @property
+    def _batch_sql(self) -> str:
+        m = self._mark
+        return (
+            "INSERT INTO batches (batch_id, decided_at, campaign, size, model_versions) "
+            f"VALUES ({m}, {m}, {m}, {m}, {m})"
+        )
 
     @property
     def _insert_sql(self) -> str:
@@ -293,25 +271,34 @@ class DecisionLog:
     ) -> pl.DataFrame:
         """`customer_id`, `sent_at`: when each other campaign first sent to each customer
         since `since` (a campaign asked about again counts once, the current one not at
-        all); every customer's when `customer_ids` is None."""
-        query = sa.select(sends.c.customer_id, sends.c.first_sent_at).where(
-            sends.c.first_sent_at >= since, sends.c.campaign != campaign
+        all); every customer's when `customer_ids` is None. Driver-level SQL: this runs on
+        every API call, where SQLAlchemy's statement building cost more than the query."""
+        m = self._mark
+        sql = (
+            "SELECT customer_id, first_sent_at FROM sends "
+            f"WHERE first_sent_at >= {m} AND campaign != {m}"
         )
+        params: list = [self._driver_time(since), campaign]
         if customer_ids is not None:  # one parameter, however many ids
             ids = list(dict.fromkeys(customer_ids))
             if self.engine.dialect.name == "sqlite":
-                listed = sa.select(sa.column("value")).select_from(
-                    sa.func.json_each(sa.literal(json.dumps(ids)))
-                )
-                query = query.where(sends.c.customer_id.in_(listed.scalar_subquery()))
+                sql += f" AND customer_id IN (SELECT value FROM json_each({m}))"
+                params.append(json.dumps(ids))
             else:
-                query = query.where(
-                    sends.c.customer_id == sa.func.any(sa.literal(ids, sa.ARRAY(sa.String)))
-                )
+                sql += f" AND customer_id = ANY({m})"
+                params.append(ids)
         with self.engine.connect() as connection:
-            found = connection.execute(query).all()
-        schema = {"customer_id": pl.String, "sent_at": pl.Datetime("us", "UTC")}
-        return pl.DataFrame(found, schema=schema, orient="row")
+            found = connection.exec_driver_sql(sql, tuple(params)).all()
+        frame = pl.DataFrame(found, schema=["customer_id", "sent_at"], orient="row")
+        sent_at = pl.col("sent_at")
+        if self.engine.dialect.name == "sqlite":  # the text `_driver_time` writes
+            sent_at = sent_at.cast(pl.String).str.to_datetime(
+                "%Y-%m-%d %H:%M:%S%.f", time_unit="us"
+            )
+        return frame.select(
+            pl.col("customer_id").cast(pl.String),
+            sent_at.cast(pl.Datetime("us")).dt.replace_time_zone("UTC"),
+        )
 
     def record_sends(self, customer_ids: Iterable[str], at: datetime, campaign: str) -> None:
         """Nothing to do: the log itself is the send history."""

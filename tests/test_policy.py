@@ -295,7 +295,7 @@ def test_configuration_file_round_trips_and_names_bad_keys(tmp_path, monkeypatch
         ("[holdouts]\nglobl = 0.1", "unknown key holdouts.globl"),
         ("[holdouts]\nglobal = 1.5", "holdouts.global: input should be less than or equal to 1 (got 1.5)"),
         ("[send_time]\nquiet_start = 25", "send_time.quiet_start"),
-        ("[triggers.bogus]\nholdout = 0.1", "triggers.bogus: unknown name"),
+        ("[triggers.bogus]\nholdout = 0.1", "unknown key triggers.bogus"),
         ("[caps]\nper_segment = { vip = { 7 = 1 } }", "caps.per_segment.vip"),
         ("[holdouts\n", "not valid TOML"),
     ]:

@@ -9,20 +9,18 @@ from __future__ import annotations
 import collections
 import re
 import shutil
-import socket
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
 import polars as pl
-import psutil
 import pytest
+from server import server_workers, serving
 
 from sendwise import __version__
 from sendwise.features.clock import parse_as_of
@@ -72,46 +70,6 @@ def register_champion(task: str, shop, **params) -> str:
         found = registry.log_and_register(shop.name, task, Path(tmp) / "model", model.get_params(), {}, {"task": task}, {})  # fmt: skip
     registry.set_champion(shop.name, task, found.version, "promote")
     return str(found.version)
-
-
-def server_workers() -> list[psutil.Process]:
-    return [
-        p
-        for p in psutil.Process().children(recursive=True)
-        if "_bentoml_impl.worker" in " ".join(p.cmdline())
-    ]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@contextmanager
-def serving(env: dict[str, str], **extra: str) -> Iterator[tuple[str, object]]:
-    """A real server in child processes; yields (base URL, server) once `/readyz` answers."""
-    import bentoml
-
-    port = free_port()
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in {**env, **extra}.items():
-            patch.setenv(name, value)
-        server = bentoml.serve("sendwise.serving.service:Sendwise", host="127.0.0.1", port=port)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server did not become ready"
-            time.sleep(0.3)
-        yield url, server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,263 @@
+"""Customer-hash buckets and the engine seam: a partitioned shop is the same shop, and every
+engine (whole shop, bucket by bucket here, bucket by bucket on Dask) gives the same features."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+from typer.testing import CliRunner
+
+from sendwise.cli.main import app
+from sendwise.features import builders
+from sendwise.features.buckets import bucket_of, fnv1a_64, partition_shop
+from sendwise.features.contract import ContractError
+from sendwise.features.engine import run_buckets
+from sendwise.features.shop import (
+    BUCKETS,
+    SHOP_FILE,
+    bucket_dirs,
+    read_bucket,
+    read_shop,
+    write_shop,
+)
+
+runner = CliRunner()
+AS_OF = "2026-05-01"
+CUSTOMER_TABLES = ("orders", "customers", "events", "email_events", "assignments")
+
+
+def invoke(*args: str):
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result
+
+
+def fails(*args: str) -> str:
+    result = runner.invoke(app, list(args))
+    assert result.exit_code != 0
+    return str(result.exception)
+
+
+def fnv1a_reference(text: str) -> int:
+    """FNV-1a 64 as its authors define it, one byte at a time."""
+    value = 14_695_981_039_346_656_037
+    for byte in text.encode("utf-8"):
+        value = ((value ^ byte) * 1_099_511_628_211) % 2**64
+    return value
+
+
+def same_features(left: pl.DataFrame, right: pl.DataFrame) -> None:
+    """Same customers in the same order, same columns and types; ids, counts and text exact.
+    Floats to 1e-12: Polars adds a group's floats in an order of its choosing, so even the
+    whole-shop job differs from run to run in the last bit of a sum."""
+    assert_frame_equal(left, right, check_exact=False, rel_tol=1e-12, abs_tol=1e-9)
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory) -> Path:
+    """The simulated shop of the brief: 2,000 customers, seed 1, through the CLI."""
+    shop = tmp_path_factory.mktemp("scale") / "sim"
+    invoke("simulate", "--customers", "2000", "--seed", "1", "--out", str(shop))
+    return shop
+
+
+@pytest.fixture(scope="module")
+def bucketed(sim) -> Path:
+    out = sim.parent / "sim_buckets"
+    result = invoke("shop", "partition", "--shop", str(sim), "--buckets", "7", "--out", str(out))
+    assert "7 buckets" in result.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def scheduler():
+    """A real two-worker local Dask cluster (processes), shared by the module's tests."""
+    from distributed import LocalCluster
+
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as cluster:
+        yield cluster.scheduler_address
+
+
+def test_the_hash_is_fnv1a_64_as_published():
+    ids = ["", "a", "foobar", "c0000005", "17850", "Müller-ß", "客户"]
+    hashes = fnv1a_64(pl.Series("customer_id", ids))
+    assert [int(h) for h in hashes[:3]] == [
+        0xCBF29CE484222325,
+        0xAF63DC4C8601EC8C,
+        0x85944171F73967E8,
+    ]
+    assert [int(h) for h in hashes] == [fnv1a_reference(i) for i in ids]
+    assert bucket_of(pl.Series(ids), 7).to_list() == [fnv1a_reference(i) % 7 for i in ids]
+
+
+def test_partition_puts_every_row_in_exactly_one_bucket(sim, bucketed):
+    original = read_shop(sim).collect()
+    buckets = bucket_dirs(bucketed)
+    assert [b.name for b in buckets] == [f"{i:05d}" for i in range(7)]
+    assert (bucketed / SHOP_FILE).read_text().startswith('name = "sim"')
+    assert_frame_equal(pl.read_parquet(bucketed / "products.parquet"), original["products"])
+    for bucket in buckets:  # the catalogue is shared, never copied into a bucket
+        assert not (bucket / "products.parquet").exists()
+    for name in CUSTOMER_TABLES:
+        parts = [pl.read_parquet(b / f"{name}.parquet") for b in buckets]
+        for index, part in enumerate(parts):
+            assert (bucket_of(part["customer_id"], 7) == index).all(), (name, index)
+        assert_frame_equal(
+            pl.concat(parts).sort(pl.all()), original[name].sort(pl.all()), check_exact=True
+        )
+
+
+def test_partition_is_the_same_on_a_rerun(sim, bucketed, tmp_path):
+    again = partition_shop(sim, 7, tmp_path / "again")
+    assert again["orders"] == read_shop(sim).orders.collect().height
+    for name in CUSTOMER_TABLES:
+        for first, second in zip(
+            bucket_dirs(bucketed), bucket_dirs(tmp_path / "again"), strict=True
+        ):
+            assert_frame_equal(
+                pl.read_parquet(first / f"{name}.parquet"),
+                pl.read_parquet(second / f"{name}.parquet"),
+                check_exact=True,
+            )
+
+
+def test_a_bucketed_shop_reads_as_the_whole_shop(sim, bucketed):
+    original, whole = read_shop(sim), read_shop(bucketed)
+    assert whole.name == original.name == "sim"
+    assert whole.present == original.present
+    for name, frame in original.collect().items():
+        assert_frame_equal(whole.table(name).collect().sort(pl.all()), frame.sort(pl.all()))
+
+
+def test_one_bucket_reads_as_a_shop_with_the_shared_catalogue(bucketed):
+    bucket = bucket_dirs(bucketed)[3]
+    shop = read_bucket(bucket)
+    assert shop.name == "sim"
+    assert shop.products.collect().height == read_shop(bucketed).products.collect().height
+    customers = shop.orders.select("customer_id").unique().collect()["customer_id"]
+    assert (bucket_of(customers, 7) == 3).all()
+    with pytest.raises(ContractError, match="not a bucket"):
+        read_bucket(bucketed)
+
+
+def test_features_are_the_same_whole_bucketed_and_on_dask(sim, bucketed, scheduler, tmp_path):
+    outputs = {
+        "whole": ("--shop", str(sim)),
+        "local": ("--shop", str(bucketed), "--engine", "local"),
+        "dask": ("--shop", str(bucketed), "--engine", "dask", "--scheduler", scheduler),
+    }
+    frames = {}
+    for label, args in outputs.items():
+        path = tmp_path / f"{label}.parquet"
+        invoke("features", "build", *args, "--as-of", AS_OF, "--out", str(path))
+        frames[label] = pl.read_parquet(path)
+    assert frames["whole"].height > 1_500
+    same_features(frames["local"], frames["whole"])
+    same_features(frames["dask"], frames["whole"])
+
+
+def test_the_scheduler_comes_from_the_environment(bucketed, scheduler, monkeypatch):
+    monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", scheduler)
+    as_of = datetime(2026, 5, 1, tzinfo=UTC)
+    on_dask = builders.features_by_bucket(bucketed, as_of, "dask")
+    same_features(on_dask, builders.features_by_bucket(bucketed, as_of, "local"))
+
+
+def test_the_fallback_time_zone_is_the_whole_shops(tmp_path):
+    """A customer without a zone gets the shop's most common one, not their bucket's: the
+    one shop-wide input of the features, computed once and handed to every bucket."""
+    ids = [f"c{i}" for i in range(40)]
+    side = dict(zip(ids, bucket_of(pl.Series(ids), 2).to_list(), strict=True))
+    berlin = [i for i in ids if side[i] == 0][:3]  # the shop's zone, all in bucket 0
+    york = [i for i in ids if side[i] == 1][:2]  # bucket 1's most common zone
+    nowhere = [i for i in ids if side[i] == 1][2]  # in bucket 1, without a zone
+    people = [*berlin, *york, nowhere]
+    zones = ["Europe/Berlin"] * 3 + ["America/New_York"] * 2 + [None]
+    tables = {
+        "customers": pl.DataFrame({"customer_id": people, "timezone": zones}),
+        "orders": pl.DataFrame(
+            {
+                "order_id": [f"o{i}" for i in range(len(people))],
+                "customer_id": people,
+                "product_id": "p1",
+                "ordered_at": datetime(2024, 3, 1, 23, 30, tzinfo=UTC),
+                "quantity": 1,
+                "unit_price": 2.0,
+            }
+        ),
+    }
+    write_shop(tables, tmp_path / "shop")
+    partition_shop(tmp_path / "shop", 2, tmp_path / "buckets")
+    as_of = datetime(2024, 6, 1, tzinfo=UTC)
+    whole = builders.customer_features(read_shop(tmp_path / "shop"), as_of).collect()
+    bucketed = builders.features_by_bucket(tmp_path / "buckets", as_of)
+    same_features(bucketed, whole)
+    row = bucketed.filter(pl.col("customer_id") == nowhere)
+    assert row["timezone"].item() == "Europe/Berlin"
+    assert row["peak_local_hour"].item() == 0  # 23:30 UTC is 00:30 in Berlin in March
+
+
+def test_an_empty_bucket_gives_no_rows_of_the_same_shape(tmp_path):
+    tables = {
+        "orders": pl.DataFrame(
+            {
+                "order_id": ["o1"],
+                "customer_id": ["only"],
+                "product_id": ["p1"],
+                "ordered_at": [datetime(2024, 3, 1, tzinfo=UTC)],
+                "quantity": [1],
+                "unit_price": [2.0],
+            }
+        )
+    }
+    write_shop(tables, tmp_path / "shop")
+    partition_shop(tmp_path / "shop", 5, tmp_path / "buckets")
+    as_of = datetime(2024, 6, 1, tzinfo=UTC)
+    context = builders.feature_context(read_shop(tmp_path / "buckets"), as_of)
+    parts = run_buckets(builders.bucket_features, bucket_dirs(tmp_path / "buckets"), context)
+    assert sorted(p.height for p in parts) == [0, 0, 0, 0, 1]
+    assert len({tuple(p.schema.items()) for p in parts}) == 1
+
+
+def test_bad_layouts_and_requests_are_one_clear_line(sim, bucketed, tmp_path):
+    out = str(tmp_path / "f.parquet")
+    assert "not a bucketed shop" in fails(
+        "features", "build", "--shop", str(sim), "--as-of", AS_OF, "--out", out, "--engine", "dask"
+    )
+    assert "would replace" in fails(
+        "shop", "partition", "--shop", str(sim), "--buckets", "2", "--out", str(sim)
+    )
+    assert "between 1 and" in fails(
+        "shop", "partition", "--shop", str(sim), "--buckets", "0", "--out", str(tmp_path / "x")
+    )
+    broken = tmp_path / "broken"
+    partition_shop(bucketed, 3, broken)  # a bucketed shop partitions again
+    (broken / BUCKETS / "00001" / "orders.parquet").rename(broken / "orders.parquet")
+    with pytest.raises(ContractError, match="both beside and inside"):
+        read_shop(broken)
+    (broken / "orders.parquet").unlink()
+    (broken / BUCKETS / "00002").rename(broken / "elsewhere")
+    with pytest.raises(ContractError, match="no bucket 00002 of 3"):
+        read_shop(broken)
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_online_retail_features_are_the_same_on_every_engine(
+    online_retail_import, scheduler, tmp_path
+):
+    shop, _ = online_retail_import
+    partition_shop(shop, 4, tmp_path / "buckets")
+    as_of = datetime(2011, 9, 9, 23, 59, 59, 999999, tzinfo=UTC)
+    whole = builders.customer_features(read_shop(shop), as_of).collect()
+    local = builders.features_by_bucket(tmp_path / "buckets", as_of)
+    on_dask = builders.features_by_bucket(tmp_path / "buckets", as_of, "dask", scheduler)
+    assert whole.height > 3_000
+    same_features(local, whole)
+    same_features(on_dask, whole)
