@@ -149,33 +149,42 @@ def triggers_run(
     ] = 0.25,
 ) -> None:
     """A trigger worker apart from the API: fires from the shared event store (one worker of
-    all acts at a time; the others wait to take over), until interrupted."""
+    all acts at a time; the others wait to take over), and POSTs the firings to
+    SENDWISE_WEBHOOK_URL when it is set (likewise one sender at a time), until interrupted."""
+    from urllib.parse import urlsplit
+
     from sendwise.policy.config import load_settings
     from sendwise.serving.runtime import ServeSettings, load_snapshot
     from sendwise.serving.triggers import TriggerRunner
+    from sendwise.serving.webhooks import WebhookSender, WebhookSettings
     from sendwise.store.decisions import DecisionLog
     from sendwise.store.events import EventStore
     from sendwise.store.sends import send_history
+    from sendwise.store.webhooks import WebhookStore
 
-    settings = load_settings(config)
+    settings, webhooks = load_settings(config), WebhookSettings.from_env()
     with console.status("Loading the champions..."):
         snapshot = load_snapshot(ServeSettings(shop), settings)
-    decision_log = DecisionLog()
+    decision_log, store = DecisionLog(), EventStore()
     runner = TriggerRunner(
-        EventStore(), decision_log, send_history(decision_log), settings, lambda: snapshot,
-        interval,
-    )  # fmt: skip
+        store, decision_log, send_history(decision_log), settings, lambda: snapshot, interval
+    )
+    workers: list[TriggerRunner | WebhookSender] = [runner]
+    if webhooks is not None:
+        workers.append(WebhookSender(store, WebhookStore(store.url), webhooks))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    out.print(f"Trigger worker for shop {snapshot.model_versions or shop}: Ctrl-C stops it")
-    thread = runner.start()
+    hooks = f", webhooks to {urlsplit(webhooks.url).hostname}" if webhooks else ""  # no tokens
+    out.print(f"Trigger worker for shop {snapshot.model_versions or shop}{hooks}: Ctrl-C stops it")
+    threads = [worker.start() for worker in workers]
     try:
         while not stop.wait(1.0):
             pass
     except KeyboardInterrupt:
         pass
-    runner.stop()
-    thread.join(10)
+    for worker, thread in zip(workers, threads, strict=True):
+        worker.stop()
+        thread.join(10)
 
 
 def simulate_events(

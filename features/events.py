@@ -91,7 +91,7 @@ class Event(BaseModel):
     type: EventType
     customer_id: Id
     timestamp: datetime
-    properties: Properties = Field(default_factory=Properties)
+    properties: Properties = Field(default_factory=Properties, validate_default=True)
 
     @field_validator("timestamp")
     @classmethod

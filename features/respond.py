@@ -718,6 +718,32 @@ def mailing_effect(expected: pl.DataFrame) -> dict:
     }
 
 
+def planted_profit(expected: pl.DataFrame, margin: float, per_order: dict[str, float]) -> pl.Series:
+    """Each decision's planted incremental profit against its unmailed self, from
+    `expectations`: what a policy earns, so any decisions (a naive policy's too) are valued
+    on the planted truth without drawing responses. The shop keeps `margin` of an order's
+    full price, gives the offer's discount off every order in the window (those it would
+    have had anyway included) and pays `per_order[offer]` (free shipping) per order."""
+    gross = (pl.col("p_baseline") + pl.col("p_offer_buy")) * pl.col("basket_value") + pl.col(
+        "p_mail_buy"
+    ) * pl.col("first_price")
+    orders = pl.col("p_baseline") + pl.col("p_mail_buy") + pl.col("p_offer_buy")
+    fee = pl.col("offer").replace_strict(per_order, default=0.0, return_dtype=pl.Float64)
+    paid = pl.when(pl.col("send")).then(fee.fill_null(0.0) * orders).otherwise(0.0)
+    profit = (margin - pl.col("discount")) * gross - paid - margin * pl.col("unmailed_revenue")
+    return expected.select(profit.alias("planted_profit")).to_series()
+
+
+def profit_effect(expected: pl.DataFrame, margin: float, per_order: dict[str, float]) -> dict:
+    """`planted_profit` over the randomised recipients assigned to mail (as `mailing_effect`
+    counts them): per recipient and per 1,000."""
+    profit = planted_profit(expected, margin, per_order).filter(
+        expected.select(_randomised(expected) & _assigned_to_mail()).to_series()
+    )
+    mean = float(np.mean(profit.to_numpy())) if len(profit) else 0.0
+    return {"recipients": len(profit), "per_recipient": mean, "per_1000": 1000 * mean}
+
+
 def planted_value(planted: dict, name: str, metric: str) -> dict:
     """One comparison's planted entry, by the report's name and metric."""
     return next(c for c in planted["comparisons"] if (c["name"], c["metric"]) == (name, metric))

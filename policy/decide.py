@@ -240,7 +240,8 @@ class Batch:
     offer_value: np.ndarray = field(init=False)
     send_at: np.ndarray = field(init=False)
     reasons: dict[str, np.ndarray] = field(default_factory=dict)
-    subject: list[str | None] | None = None  # a trigger's product per row, if any
+    lead: list[list[str] | None] | None = None  # products first: a trigger's, a live cart
+    drop: list[list[str] | None] | None = None  # products just bought: in neither list
     fired_at: np.ndarray | None = None  # when each row's trigger fired (µs), if any
 
     def __len__(self) -> int:
@@ -260,9 +261,10 @@ def decide(
     sent: pl.DataFrame | None = None,
     batch_id: str = "local",
 ) -> pl.DataFrame:
-    """One decision per row of `recipients` (`customer_id`; optional `timezone`,
-    `opted_out`, and for a trigger its product as `subject` and when it fired, µs, as
-    `fired_at`), in order (`DECISION_COLUMNS`).
+    """One decision per row of `recipients` (`customer_id`; optional: `timezone`,
+    `opted_out`; what happened since the snapshot: `segment`, `lead` (products first: a
+    trigger's subject, a live cart) and `drop` (just bought); for a trigger, when it fired,
+    µs, as `fired_at`), in order (`DECISION_COLUMNS`).
     `sent`: earlier marketing sends (`customer_id`, `sent_at`) of other campaigns for the
     frequency caps; None: no caps."""
     now = context.now or now
@@ -289,17 +291,21 @@ def recipients_known(snapshot: Snapshot, recipients: pl.DataFrame) -> Batch:
     opted_out = recipients.get_column("opted_out", default=None)
     if opted_out is not None and opted_out.null_count():
         opted_out = opted_out.fill_null(False)
+    segment = columns["segment"][at]
+    if (fresh := recipients.get_column("segment", default=None)) is not None:
+        fresh = _strings(fresh)
+        segment = np.where(fresh != "", fresh, segment)
     batch = Batch(
         ids=ids,
         at=at,
         known=at < len(snapshot),
         timezone=np.where(timezone != "", timezone, "UTC"),
-        segment=columns["segment"][at],
+        segment=segment,
         opted_out=np.zeros(len(ids), bool) if opted_out is None else opted_out.to_numpy(),
     )
-    subject = recipients.get_column("subject", default=None)
-    if subject is not None:
-        batch.subject = subject.to_list()
+    for name in ("lead", "drop"):
+        if (given := recipients.get_column(name, default=None)) is not None:
+            setattr(batch, name, given.to_list())
     fired_at = recipients.get_column("fired_at", default=None)
     if fired_at is not None:
         batch.fired_at = fired_at.to_numpy()
@@ -616,8 +622,8 @@ def finish(batch: Batch, snapshot: Snapshot, context: Context, batch_id: str) ->
             for name, shop in (("products", snapshot.popular), ("cross_sell", snapshot.trending))
         )
     sending, kind = batch.send, batch.holdout_kind
-    if batch.subject is not None:
-        lists = _subject_first(lists, batch.subject)
+    if batch.lead is not None or batch.drop is not None:
+        lists = _fresh_lists(lists, batch.lead, batch.drop)
     send_at = batch.send_at.astype("datetime64[us]")
     send_at[batch.send_at < 0] = np.datetime64("NaT")
     frame = pl.DataFrame(
@@ -658,22 +664,29 @@ FINISHED = {name: pl.col(name) for name in DECISION_COLUMNS} | {
 }
 
 
-def _subject_first(lists: pl.DataFrame, subjects: list[str | None]) -> pl.DataFrame:
-    """A triggered email's product (its subject) leads `products` and leaves `cross_sell`;
-    the lists keep their lengths. Per row in Python: trigger batches are small."""
+def _fresh_lists(
+    lists: pl.DataFrame, lead: list[list[str] | None] | None, drop: list[list[str] | None] | None
+) -> pl.DataFrame:
+    """Products that lead (a trigger's subject, a live cart) come first in `products` and
+    leave `cross_sell`; products bought since the snapshot leave both; the lists keep their
+    lengths. Per row in Python: only requests with fresh events, or triggers, come here."""
+    rows = len(lists)
+    lead, drop = lead or [None] * rows, drop or [None] * rows
 
-    def lead(items: list[str], subject: str | None) -> list[str]:
-        if subject is None:
-            return items
-        return [subject, *(p for p in items if p != subject)][: max(len(items), 1)]
+    def arrange(items: list[str], first: list[str] | None, gone: list[str] | None):
+        gone = set(gone or ())
+        first = [p for p in dict.fromkeys(first or ()) if p not in gone]
+        rest = [p for p in items if p not in gone and p not in first]
+        return [*first, *rest][: max(len(items), 1)], rest
 
-    def without(items: list[str], subject: str | None) -> list[str]:
-        return [p for p in items if p != subject]
-
-    products, cross_sell = lists["products"].to_list(), lists["cross_sell"].to_list()
+    products = list(map(arrange, lists["products"].to_list(), lead, drop))
+    cross_sell = [
+        [p for p in items if p not in set(first or ()) | set(gone or ())]
+        for items, first, gone in zip(lists["cross_sell"].to_list(), lead, drop, strict=True)
+    ]
     return lists.with_columns(
-        pl.Series("products", list(map(lead, products, subjects)), pl.List(pl.String)),
-        pl.Series("cross_sell", list(map(without, cross_sell, subjects)), pl.List(pl.String)),
+        pl.Series("products", [p for p, _ in products], pl.List(pl.String)),
+        pl.Series("cross_sell", cross_sell, pl.List(pl.String)),
     )
 
 

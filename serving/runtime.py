@@ -24,18 +24,22 @@ import polars as pl
 
 from sendwise.errors import SendwiseError
 from sendwise.features.clock import parse_as_of
-from sendwise.features.events import CatalogUpdate, Event, catalog_rows, event_rows
+from sendwise.features.events import CatalogUpdate, Event, catalog_rows, event_rows, micros
 from sendwise.features.shop import read_shop, shop_name
 from sendwise.policy.config import Settings, load_settings
 from sendwise.policy.decide import Snapshot, decide
+from sendwise.policy.fresh import KINDS as FRESH_KINDS
+from sendwise.policy.fresh import FreshState
 from sendwise.store import registry
 from sendwise.store.decisions import DecisionLog
 from sendwise.store.events import EventStore
 from sendwise.store.sends import SendHistory, send_history
+from sendwise.store.webhooks import WebhookStore
 
 from .decide import DecideRequest
 from .engine import REQUIRED, ChampionError, Champions, build_snapshot
 from .triggers import TriggerRunner
+from .webhooks import WebhookSender, WebhookSettings
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +143,11 @@ class Runtime:
         self.history = history or send_history(self.log)
         self._stop = threading.Event()
         self.trigger_runner: TriggerRunner | None = None
+        since = settings.as_of or read_shop(settings.shop).latest() or datetime.now(UTC)
+        self.fresh = FreshState(micros(since), self.rules.products.recently_bought_days)
+        self._fresh_lock = threading.Lock()
+        self._fresh_cursor = 0
+        self.webhook_sender: WebhookSender | None = None
 
     @cached_property
     def events(self) -> EventStore:
@@ -154,13 +163,39 @@ class Runtime:
     def ingest_catalog(self, updates: list[CatalogUpdate]) -> dict[str, int]:
         return {"accepted": self.events.add_catalog(catalog_rows(updates))}
 
+    def refresh(self) -> None:
+        """Read the orders and cart changes stored since the last look into `fresh`."""
+        found = self.events.events_after(self._fresh_cursor, types=FRESH_KINDS)
+        if len(found):
+            with self._fresh_lock:
+                self.fresh.apply(found)
+            self._fresh_cursor = found["seq"].max()
+
+    def keep_fresh(self, seconds: float = 0.5) -> None:
+        """`refresh` every `seconds` in a daemon thread until `close`."""
+
+        def loop() -> None:
+            while not self._stop.wait(seconds):
+                try:
+                    self.refresh()
+                except Exception as error:  # noqa: BLE001 - e.g. the store unreachable a while
+                    log.warning("fresh state not refreshed: %s", one_line(error))
+
+        threading.Thread(target=loop, name="fresh-state", daemon=True).start()
+
     def run_triggers(self) -> None:
-        """The trigger engine in this process, in a daemon thread (one process of all that
-        share the event store acts: see `TriggerRunner`)."""
+        """The trigger engine in this process, in a daemon thread, and the webhook sender
+        beside it when `SENDWISE_WEBHOOK_URL` is set (of all processes that share the event
+        store, one runner and one sender act: see `TriggerRunner`, `WebhookSender`)."""
+        webhooks = WebhookSettings.from_env()  # a bad setting refuses the start, before any thread
         self.trigger_runner = TriggerRunner(
             self.events, self.log, self.history, self.rules, lambda: self.snapshot
         )
         self.trigger_runner.start()
+        if webhooks is not None:
+            dead_letters = WebhookStore(self.events.url)
+            self.webhook_sender = WebhookSender(self.events, dead_letters, webhooks)
+            self.webhook_sender.start()
 
     def health(self) -> tuple[bool, dict]:
         """(ready, what `/readyz` says): degraded while serving other versions than the
@@ -197,6 +232,10 @@ class Runtime:
         if not context.transactional and windows:
             since = now - timedelta(days=windows[-1])
             sent = self.history.sends(recipients["customer_id"].to_list(), since, context.campaign)
+        with self._fresh_lock:
+            fresh = self.fresh.columns(recipients["customer_id"], snapshot, micros(now))
+        if fresh:
+            recipients = recipients.with_columns(**fresh)
         decisions = decide(snapshot, recipients, context, self.rules, now, sent, batch_id)
         self.log.append(batch_id, now, decisions)
         if not context.transactional:  # a no-op where the log is the history
@@ -244,6 +283,7 @@ class Runtime:
 
     def close(self) -> None:
         self._stop.set()
-        if self.trigger_runner is not None:
-            self.trigger_runner.stop()
+        for worker in (self.trigger_runner, self.webhook_sender):
+            if worker is not None:
+                worker.stop()
         self.log.close()

@@ -360,6 +360,7 @@ class Sendwise:
             on_reload_failure=model_reload_failures.inc,
         )
         self.runtime.watch()
+        self.runtime.keep_fresh()
         if os.environ.get("SENDWISE_TRIGGERS", "1") == "1":
             self.runtime.run_triggers()
 

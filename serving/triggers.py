@@ -16,22 +16,20 @@ over after a crash re-derives the same firings and stores none twice.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
-from pathlib import Path
 
 import polars as pl
 
 from sendwise.features.events import as_time, micros
 from sendwise.policy.config import Settings
-from sendwise.policy.decide import Context, Snapshot, decide
+from sendwise.policy.decide import DECISION_COLUMNS, Context, Snapshot, decide
 from sendwise.policy.triggers import HOUR, Firing, TriggerEngine
+from sendwise.store.database import leader
 from sendwise.store.decisions import DecisionLog
 from sendwise.store.events import EventStore
 from sendwise.store.sends import SendHistory
@@ -93,7 +91,9 @@ def decide_firings(
         now = as_time(group["fired_at"].min())
         context = Context(campaign=trigger, trigger=trigger, now=now)
         recipients = group.select(
-            "customer_id", "fired_at", subject=pl.when("product").then("subject").otherwise(None)
+            "customer_id",
+            "fired_at",
+            lead=pl.when("product").then(pl.concat_list("subject")).otherwise(None),
         )
         sent = None
         windows = settings.caps.windows()
@@ -102,6 +102,8 @@ def decide_firings(
             sent = history.sends(recipients["customer_id"].to_list(), since, trigger)
         batch_id = uuid.uuid4().hex
         decisions = decide(snapshot, recipients, context, settings, now, sent, batch_id)
+        # a firing's decision is known by its trigger id: logged once, however often derived
+        decisions = decisions.with_columns(decision_id=group["trigger_id"])
         if decision_log is not None:
             decision_log.append(batch_id, now, decisions)
         decided.append(
@@ -143,9 +145,11 @@ class TriggerRunner:
         settings: Settings,
         snapshot: Callable[[], Snapshot | None],
         interval: float = 0.25,
+        batch: int = 5_000,  # events read a tick at most: a backlog is worked off in steps
     ):
         self.store, self.log, self.history = store, decision_log, history
         self.settings, self.snapshot, self.interval = settings, snapshot, interval
+        self.batch = batch
         self.engine: TriggerEngine | None = None
         self.cursors = (0, 0)  # the last event and catalog seq applied
         self._stop = threading.Event()
@@ -160,7 +164,7 @@ class TriggerRunner:
 
     def run(self) -> None:
         """Wait for the lock, then tick until stopped; a failing tick is logged and retried."""
-        with self._leader() as leading:
+        with leader(self.store.engine, "trigger", LOCK_KEY) as leading:
             while not self._stop.is_set() and not leading():
                 self._stop.wait(1.0)
             while not self._stop.is_set():
@@ -178,67 +182,47 @@ class TriggerRunner:
             return 0
         if self.engine is None:
             self.engine = TriggerEngine(self.settings.triggers)
-        events = self.store.events_after(self.cursors[0])
+        events = self.store.events_after(self.cursors[0], self.batch)
         catalog = self.store.catalog_after(self.cursors[1])
-        firings = self.engine.run(stream(events, catalog), micros(now))
+        until = micros(now)
+        if len(events) == self.batch:  # behind: nothing past what was read may fire yet
+            until = events["at"].max() - 1  # items at that instant may come next tick
+            later = catalog["at"].gt(until).arg_true().first()
+            catalog = catalog if later is None else catalog.head(later)
+        firings = self.engine.run(stream(events, catalog), until)
         if len(events):
             self.cursors = (events["seq"].max(), self.cursors[1])
         if len(catalog):
             self.cursors = (self.cursors[0], catalog["seq"].max())
         stored = self.store.fired([f.trigger_id for f in firings])
         new = [f for f in firings if f.trigger_id not in stored]
-        decided = decide_firings(new, snapshot, self.settings, self.history, self.log)
-        if new:
-            self.store.add_firings(
-                [
-                    (r["trigger_id"], r["trigger"], r["customer_id"], r["subject"],
-                     micros(r["fired_at"]), json.dumps(_decision(r), default=str))
-                    for r in decided.iter_rows(named=True)
-                ]
-            )  # fmt: skip
+        # logged but not stored: a crash came between the two; its logged decision stands
+        logged = self.log.read(decision_ids=[f.trigger_id for f in new]) if new else None
+        decisions = _by_id(logged, "decision_id")
+        fresh = [f for f in new if f.trigger_id not in decisions]
+        decided = decide_firings(fresh, snapshot, self.settings, self.history, self.log)
+        decisions |= _by_id(decided, "trigger_id")
+        rows = [
+            (f.trigger_id, f.trigger, f.customer_id, f.subject, f.fired_at,
+             _decision(decisions[f.trigger_id]))
+            for f in new
+        ]  # fmt: skip
+        self.store.add_firings(rows)
         return len(new)
-
-    @contextmanager
-    def _leader(self) -> Iterator[Callable[[], bool]]:
-        """A callable that tries to take (and then holds) the one trigger lock."""
-        engine = self.store.engine
-        if engine.dialect.name == "sqlite":
-            path = Path(f"{engine.url.database}.trigger-lock")
-            with path.open("a") as handle:
-
-                def take() -> bool:
-                    try:
-                        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                        return True
-                    except BlockingIOError:
-                        return False
-
-                yield take
-            return
-        with engine.connect() as connection:
-            held = False
-
-            def take() -> bool:
-                nonlocal held
-                if not held:
-                    held = bool(
-                        connection.exec_driver_sql(
-                            f"SELECT pg_try_advisory_lock({LOCK_KEY})"
-                        ).scalar()
-                    )
-                    connection.commit()
-                return held
-
-            yield take
 
 
 LOCK_KEY = 0x73656E64  # "send": the trigger workers' advisory lock
 
 
-def _decision(row: dict) -> dict:
-    """A firing's decision as `/decide` writes it."""
-    send_at = row["send_at"]
-    return {
-        **{k: v for k, v in row.items() if k not in ("trigger_id", "subject", "fired_at")},
-        "send_at": None if send_at is None else send_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
-    }
+def _by_id(frame: pl.DataFrame | None, key: str) -> dict[str, dict]:
+    if frame is None or frame.is_empty():
+        return {}
+    return dict(zip(frame[key], frame.iter_rows(named=True), strict=True))
+
+
+def _decision(row: dict) -> str:
+    """A firing's decision as `/decide` writes it (JSON)."""
+    decision = {name: row[name] for name in DECISION_COLUMNS}
+    send_at = decision["send_at"]
+    decision["send_at"] = None if send_at is None else send_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return json.dumps(decision)

@@ -192,24 +192,33 @@ class DecisionLog:
     def append(self, batch_id: str, decided_at: datetime, rows: pl.DataFrame) -> None:
         """Log one batch of decisions (`sendwise.policy.decide.DECISION_COLUMNS`) whole, in
         one transaction, or raise with nothing logged."""
-        values = self._driver_values(
-            rows.with_columns(batch_id=pl.lit(batch_id), decided_at=pl.lit(decided_at))
-        )
-        versions = rows["model_versions"][0] if len(rows) else ""
-        campaign = rows["campaign"][0] if len(rows) else ""
-        marketing = (rows["send"] & ~rows["transactional"]).to_numpy()
-        sent = np.asarray(rows["customer_id"].to_list(), dtype=object)[marketing]
+        self.append_parts(batch_id, decided_at, [rows])
+
+    def append_parts(
+        self, batch_id: str, decided_at: datetime, parts: Iterable[pl.DataFrame]
+    ) -> None:
+        """`append` of a batch that comes in parts (a million decisions, bucket by bucket):
+        one transaction still, with one part in memory at a time."""
         at, stale = self._driver_time(decided_at), self._driver_time(decided_at - KEEP_SENDS)
+        size, versions, campaign = 0, "", ""
         with self.engine.begin() as connection:
-            connection.exec_driver_sql(
-                self._batch_sql, (batch_id, at, campaign, len(rows), versions)
-            )
-            if values:  # one driver-level executemany: a thousand rows in a few milliseconds
-                connection.exec_driver_sql(self._insert_sql, values)
-            if len(sent):
-                connection.exec_driver_sql(
-                    self._record_send_sql, [(c, campaign, at, stale) for c in sent]
+            for rows in parts:
+                if not len(rows):
+                    continue
+                values = self._driver_values(
+                    rows.with_columns(batch_id=pl.lit(batch_id), decided_at=pl.lit(decided_at))
                 )
+                size += len(rows)
+                versions, campaign = rows["model_versions"][0], rows["campaign"][0]
+                marketing = (rows["send"] & ~rows["transactional"]).to_numpy()
+                sent = np.asarray(rows["customer_id"].to_list(), dtype=object)[marketing]
+                # one driver-level executemany: a thousand rows in a few milliseconds
+                connection.exec_driver_sql(self._insert_sql, values)
+                if len(sent):
+                    connection.exec_driver_sql(
+                        self._record_send_sql, [(c, campaign, at, stale) for c in sent]
+                    )
+            connection.exec_driver_sql(self._batch_sql, (batch_id, at, campaign, size, versions))
 
     @property
     def _mark(self) -> str:
@@ -303,15 +312,29 @@ class DecisionLog:
     def record_sends(self, customer_ids: Iterable[str], at: datetime, campaign: str) -> None:
         """Nothing to do: the log itself is the send history."""
 
-    def read(self, since: datetime | None = None, campaign: str | None = None) -> pl.DataFrame:
+    def read(
+        self,
+        since: datetime | None = None,
+        campaign: str | None = None,
+        decision_ids: list[str] | None = None,
+    ) -> pl.DataFrame:
         """The logged decisions (`EXPORT_COLUMNS`), oldest first; lists as lists."""
         query = sa.select(*(decisions.c[c] for c in EXPORT_COLUMNS))
         if since is not None:
             query = query.where(decisions.c.decided_at >= since)
         if campaign is not None:
             query = query.where(decisions.c.campaign == campaign)
+        chunks = [None]
+        if decision_ids is not None:  # a few hundred ids per statement: SQLite's limit
+            chunks = [decision_ids[k : k + 500] for k in range(0, len(decision_ids), 500)]
         with self.engine.connect() as connection:
-            found = connection.execute(query).all()
+            found = [
+                row
+                for chunk in chunks
+                for row in connection.execute(
+                    query if chunk is None else query.where(decisions.c.decision_id.in_(chunk))
+                ).all()
+            ]
         types = {c.name: _polars_type(c) for c in decisions.columns}
         frame = pl.DataFrame(found, schema={c: types[c] for c in EXPORT_COLUMNS}, orient="row")
         return frame.with_columns(
@@ -319,7 +342,7 @@ class DecisionLog:
         ).sort(
             "decided_at",
             "batch_id",
-            pl.col("decision_id").str.extract(r"(\d+)$").cast(pl.Int64),
+            pl.col("decision_id").str.extract(r"-(\d+)$").cast(pl.Int64, strict=False),
             maintain_order=True,
         )
 

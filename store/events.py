@@ -91,6 +91,9 @@ cursors = sa.Table(
 EVENT_COLUMNS = list(EVENT_SCHEMA)
 
 
+CHUNK = 500  # ids per IN (...): SQLite allows a few thousand parameters a statement
+
+
 def events_url() -> str:
     return database_url("SENDWISE_EVENTS_URL", "events.db")
 
@@ -131,13 +134,19 @@ class EventStore:
 
     def add_catalog(self, rows: pl.DataFrame) -> int:
         values = rows.with_columns(received_at=pl.lit(now_micros())).rows()
+        if not values:
+            return 0
         with self.engine.begin() as connection:
             connection.exec_driver_sql(self._insert_catalog, values)
         return len(values)
 
-    def events_after(self, seq: int, limit: int | None = None) -> pl.DataFrame:
-        """Stored events after `seq`, in arrival order, with their `seq`."""
+    def events_after(
+        self, seq: int, limit: int | None = None, types: tuple[str, ...] | None = None
+    ) -> pl.DataFrame:
+        """Stored events after `seq` (of these types), in arrival order, with their `seq`."""
         query = sa.select(events).where(events.c.seq > seq).order_by(events.c.seq)
+        if types is not None:
+            query = query.where(events.c.type.in_(types))
         if limit is not None:
             query = query.limit(limit)
         with self.engine.connect() as connection:
@@ -161,11 +170,13 @@ class EventStore:
 
     def fired(self, trigger_ids: list[str]) -> set[str]:
         """Which of these firings are stored already (a restart re-derives them)."""
-        if not trigger_ids:
-            return set()
-        query = sa.select(firings.c.trigger_id).where(firings.c.trigger_id.in_(trigger_ids))
+        found: set[str] = set()
         with self.engine.connect() as connection:
-            return set(connection.execute(query).scalars())
+            for start in range(0, len(trigger_ids), CHUNK):
+                chunk = trigger_ids[start : start + CHUNK]
+                query = sa.select(firings.c.trigger_id).where(firings.c.trigger_id.in_(chunk))
+                found.update(connection.execute(query).scalars())
+        return found
 
     def firings_after(self, seq: int, limit: int) -> list[dict]:
         """Firings after `seq` in firing order: `seq`, `trigger_id`, `trigger`,

@@ -21,7 +21,9 @@ from sendwise.features.respond import (
     ResponseModel,
     append_responses,
     expectations,
+    planted_profit,
     planted_value,
+    profit_effect,
     read_truth,
     respond,
     with_responses,
@@ -323,3 +325,30 @@ def test_train_offer_from_the_log_learns_from_what_the_policy_drew(
     assert "sendwise.shop.offer v1 is the challenger" in capsys.readouterr().out
     assert registry.alias_version("shop", "offer", "challenger") is not None
     assert main(["train", "offer", "--experiment", str(shop / "x.csv"), "--from-log"]) == 1
+
+
+def test_planted_profit_is_what_the_draws_earn_on_average(campaign):
+    """Naive policies are valued with `planted_profit` instead of drawn responses: the
+    planted profit plus the unmailed margin is the mean profit the orders of many draws
+    bring (full price times margin, less the discount, less free shipping's fee per order)."""
+    _, shop, truth, decisions = campaign
+    june = decisions.filter(pl.col("campaign") == "june")
+    margin, fee = 0.4, {"free_shipping": 4.95}
+    expected = expectations(shop, truth, june, DAYS)
+    profit = planted_profit(expected, margin, fee)
+    assert profit.filter(~expected["send"]).abs().max() < 1e-12  # nothing sent, nothing earned
+    total = float(profit.sum() + margin * expected["unmailed_revenue"].sum())
+    offers = dict(june.select("decision_id", "offer").iter_rows())
+    draws = []
+    for seed in range(40):
+        orders = respond(shop, truth, june, DAYS, seed=seed).orders.with_columns(
+            offer=pl.col("order_id").str.slice(5).str.replace(r"-[bmo]$", "").replace_strict(offers)
+        )
+        earned = (margin - pl.col("discount")) * pl.col("unit_price") - pl.when(
+            pl.col("offer") == "free_shipping"
+        ).then(4.95).otherwise(0.0)
+        draws.append(orders.select(earned.sum()).item())
+    spread = np.std(draws, ddof=1) / np.sqrt(len(draws))
+    assert abs(np.mean(draws) - total) < 4 * spread
+    effect = profit_effect(expected, margin, fee)
+    assert 0 < effect["recipients"] < june.height and effect["per_1000"] > 0

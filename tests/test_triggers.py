@@ -7,6 +7,7 @@ simulated week: test_trigger_oracle."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -400,3 +401,188 @@ def test_ingest_and_replay_from_files(simulated, simulated_shop, tmp_path, mlflo
         "send_at",
     ]
     assert fired["probability"].is_not_null().all() and fired["decision_id"].is_unique().all()
+
+
+def test_kill_9_during_ingest_loses_no_acknowledged_event_and_fires_nothing_twice(
+    trigger_server, tmp_path
+):
+    """SIGKILL the server's workers while batches of events arrive; after a restart on the
+    same stores every acknowledged event is there, and each sign-up's welcome is offered
+    once, with one logged decision."""
+    from server import server_workers
+
+    _, root = trigger_server
+    env = {
+        "SENDWISE_HOME": str(tmp_path / "home"),
+        "SENDWISE_ARTIFACTS": str(root / "artifacts"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+        "SENDWISE_AS_OF": "2026-05-31",
+        "SENDWISE_API_KEYS": KEY,
+    }
+    acknowledged: list[str] = []
+    stop = threading.Event()
+
+    def client(url: str, k: int) -> None:
+        n = 0
+        while not stop.is_set():
+            now = datetime.now(UTC).isoformat()
+            batch = [
+                {"message_id": f"k{k}-{n}-{j}", "type": "product_viewed", "customer_id": f"k{k}-{n}",
+                 "timestamp": now, "properties": {"product_id": f"p{j}"}}
+                for j in range(199)
+            ] + [{"message_id": f"k{k}-{n}-signup", "type": "signed_up", "customer_id": f"k{k}-{n}", "timestamp": now}]  # fmt: skip
+            try:
+                if post(url, "/events", {"events": batch}).status_code == 200:
+                    acknowledged.extend(e["message_id"] for e in batch)
+            except httpx.HTTPError:
+                pass
+            n += 1
+
+    others = {p.pid for p in server_workers()}
+    with serving(env) as (url, _):
+        threads = [threading.Thread(target=client, args=(url, k), daemon=True) for k in range(3)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 60
+        while len(acknowledged) < 3000 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # SIGKILL every worker of this server mid-ingest: no cleanup code runs
+        workers = [p for p in server_workers() if p.pid not in others]
+        assert workers
+        for worker in workers:
+            worker.kill()
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+    assert len(acknowledged) >= 3000
+    signups = {m.removesuffix("-signup") for m in acknowledged if m.endswith("-signup")}
+    with serving(env) as (url, _):
+        firings, cursor = [], 0
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            page = httpx.get(
+                f"{url}/triggers",
+                params={"after": cursor, "limit": 1000},
+                headers={"X-API-Key": KEY},
+            ).json()
+            firings += page["triggers"]
+            cursor = page["next"]
+            if signups <= {f["customer_id"] for f in firings} and not page["triggers"]:
+                break
+            time.sleep(0.2)
+    stored = EventStore(f"sqlite:///{tmp_path / 'home' / 'events.db'}").events_after(0)
+    assert set(acknowledged) <= set(stored["message_id"])  # durable once acknowledged
+    welcomes = [f["customer_id"] for f in firings if f["trigger"] == "welcome"]
+    assert signups <= set(welcomes) and len(welcomes) == len(set(welcomes))  # once each
+    logged = DecisionLog(f"sqlite:///{tmp_path / 'home' / 'decisions.db'}").read()
+    ids = [f["trigger_id"] for f in firings]
+    assert logged.filter(pl.col("decision_id").is_in(ids)).height == len(ids)
+
+
+def test_decide_answers_with_what_happened_seconds_ago(trigger_server):
+    url, _ = trigger_server
+    now = datetime.now(UTC)
+    popular = post(url, "/decide", {"recipients": [{"customer_id": "fresh-1"}]}).json()
+    bought = popular["decisions"][0]["products"][0]
+    events = [
+        {"message_id": "f1-order", "type": "order_completed", "customer_id": "fresh-1", "timestamp": now.isoformat(),
+         "properties": {"order_id": "f1", "products": [{"product_id": bought}]}},
+        {"message_id": "f2-add", "type": "product_added", "customer_id": "fresh-2", "timestamp": now.isoformat(),
+         "properties": {"product_id": "p00042"}},
+    ]  # fmt: skip
+    assert post(url, "/events", {"events": events}).status_code == 200
+    deadline, decisions = time.monotonic() + 10, {}
+    while time.monotonic() < deadline:
+        body = {"recipients": [{"customer_id": "fresh-1"}, {"customer_id": "fresh-2"}]}
+        decisions = {d["customer_id"]: d for d in post(url, "/decide", body).json()["decisions"]}
+        if (
+            decisions["fresh-1"]["segment"] == "new"
+            and decisions["fresh-2"]["products"][0] == "p00042"
+        ):
+            break
+        time.sleep(0.2)
+    assert decisions["fresh-1"]["segment"] == "new"  # a lead who ordered is a lead no more
+    assert bought not in decisions["fresh-1"]["products"] + decisions["fresh-1"]["cross_sell"]
+    assert decisions["fresh-2"]["products"][0] == "p00042"  # the cart leads
+    assert "p00042" not in decisions["fresh-2"]["cross_sell"]
+
+
+def test_fresh_state_is_bounded_by_the_snapshot_and_the_window():
+    from sendwise.policy.fresh import FreshState
+
+    snapshot = snapshot_of(["a", "b"])
+    fresh = FreshState(since=micros(T0), recently_bought_days=14)
+    rows = event_rows(EVENTS.validate_python([
+        event("order_completed", "a", -60, order_id="old", products=[{"product_id": "p1"}]),  # in the snapshot
+        event("order_completed", "a", 10, order_id="o", products=[{"product_id": "p2"}]),
+        event("product_added", "b", 5, product_id="p4"),
+        event("product_added", "b", 6, product_id="p5"),
+        event("product_removed", "b", 7, product_id="p5"),
+        event("order_completed", "new", 1, order_id="n", products=[{"product_id": "p3"}]),
+    ]))  # fmt: skip
+    fresh.apply(rows)
+    ids = pl.Series(["a", "b", "new", "other"])
+    columns = fresh.columns(ids, snapshot, micros(T0 + timedelta(days=1)))
+    assert columns["segment"].to_list() == ["", "", "new", ""]  # "a" was active already
+    assert columns["drop"].to_list() == [["p2"], None, ["p3"], None]
+    assert columns["lead"].to_list() == [None, ["p4"], None, None]
+    later = fresh.columns(ids, snapshot, micros(T0 + timedelta(days=15)))
+    assert later["drop"].to_list() == [None, None, None, None]  # after recently_bought_days
+    assert fresh.columns(pl.Series(["other"]), snapshot, micros(T0)) == {}
+
+
+def test_two_trigger_workers_on_postgresql_fire_exactly_what_one_would(simulated, tmp_path):
+    """Two workers share a PostgreSQL event store: one leads, the other waits; when the
+    leader stops mid-way the other takes over, re-derives what was fired and stores none of
+    it twice. Together they fire exactly the single engine's firings."""
+    import sqlalchemy as sa
+
+    from sendwise.serving.triggers import TriggerRunner
+    from sendwise.store.sends import send_history
+
+    try:
+        sa.create_engine(POSTGRES).connect().close()
+    except sa.exc.OperationalError:
+        pytest.skip("no PostgreSQL at 127.0.0.1:5432")
+    customers = (
+        pl.read_parquet(simulated[0] / "customers.parquet")["customer_id"].head(400).to_list()
+    )
+    products = pl.read_parquet(simulated[0] / "products.parquet")
+    events, catalog = simulate_stream(customers, products, StreamSettings(start=T0, days=2, seed=9))
+    store = EventStore(POSTGRES)
+    with store.engine.begin() as connection:
+        for table in ("events", "catalog_updates", "firings", "cursors"):
+            connection.exec_driver_sql(f"DELETE FROM {table}")
+    for start in range(0, len(events), 1000):
+        store.add_events(events.slice(start, 1000))
+    store.add_catalog(catalog.filter(pl.col("at") <= micros(T0)))  # the opening catalog only
+    snapshot, settings = snapshot_of(customers), Settings()
+    log = DecisionLog(f"sqlite:///{tmp_path / 'decisions.db'}")
+    workers = [
+        TriggerRunner(
+            EventStore(POSTGRES), log, send_history(log), settings, lambda: snapshot, 0.05, 200
+        )
+        for _ in range(2)
+    ]
+    threads = [worker.start() for worker in workers]
+    now = datetime.now(UTC)
+    engine = TriggerEngine(settings.triggers)
+    expected = engine.run(stream(events, catalog.filter(pl.col("at") <= micros(T0))), micros(now))
+    deadline = time.monotonic() + 60
+    while len(store.firings_after(0, 100_000)) < len(expected) // 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    leading = [w for w in workers if w.engine is not None]
+    assert len(leading) == 1  # the other waits for the lock
+    assert len(store.firings_after(0, 100_000)) < len(expected)  # stopped mid-way
+    leading[0].stop()
+    threads[workers.index(leading[0])].join(10)
+    while len(store.firings_after(0, 100_000)) < len(expected) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)
+    fired = store.firings_after(0, 100_000)
+    assert sorted(f["trigger_id"] for f in fired) == sorted(f.trigger_id for f in expected)
+    assert len({f["trigger_id"] for f in fired}) == len(fired) == len(expected) > 50
+    logged = log.read()
+    assert logged["decision_id"].is_unique().all() and len(logged) == len(expected)
+    for worker in workers:
+        worker.stop()
