@@ -101,9 +101,13 @@ def triggers_replay(
     out_file: Annotated[Path, typer.Option("--out", help="Firings: .parquet or .csv.")],
     catalog: CatalogFile = None,
     config: ConfigFile = None,
+    log: Annotated[
+        bool, typer.Option("--log", help="Append the firings' decisions to the decision log.")
+    ] = False,
 ) -> None:
     """What the trigger engine fires on these events up to --until, each firing with its
-    decision from the shop's champions (holdouts included); nothing is logged or sent."""
+    decision from the shop's champions (holdouts included). Nothing is sent; with --log (a
+    backfill) the decisions join the decision log, as the live engine's would."""
     import polars as pl
 
     from sendwise.features.events import CATALOG, CATALOG_SCHEMA, catalog_rows, event_rows
@@ -111,6 +115,7 @@ def triggers_replay(
     from sendwise.policy.config import load_settings
     from sendwise.serving.engine import Champions, build_snapshot
     from sendwise.serving.triggers import replay
+    from sendwise.store.decisions import DecisionLog
     from sendwise.store.files import lists_as_json, write_frame
 
     clock, settings = parse_as_of(until), load_settings(config)
@@ -127,7 +132,7 @@ def triggers_replay(
         latest = data.latest() or clock
         snapshot = build_snapshot(Champions.load(data.name), data, min(latest, clock), settings)
     with console.status(f"Replaying {len(stream):,} events..."):
-        fired = replay(stream, updates, clock, snapshot, settings)
+        fired = replay(stream, updates, clock, snapshot, settings, DecisionLog() if log else None)
     written = fired if out_file.suffix == ".parquet" else lists_as_json(fired)
     write_frame(written, out_file)
     counts = (
@@ -136,7 +141,7 @@ def triggers_replay(
     )
     out.print(
         f"Wrote {out_file}: {len(fired):,} firings in {time.perf_counter() - started:.1f}s "
-        f"({counts})"
+        f"({counts})" + (", logged" if log else "")
     )
 
 

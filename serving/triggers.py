@@ -123,12 +123,13 @@ def replay(
     until: datetime,
     snapshot: Snapshot,
     settings: Settings,
+    decision_log: DecisionLog | None = None,
 ) -> pl.DataFrame:
     """What the engine fires on these events up to `until`, with each firing's decision
-    (`REPLAY_COLUMNS` first); nothing is logged: a replay is "what would have fired"."""
+    (`REPLAY_COLUMNS` first): "what would have fired"; a backfill logs the decisions too."""
     engine = TriggerEngine(settings.triggers)
     firings = engine.run(stream(events, catalog), micros(until))
-    decided = decide_firings(firings, snapshot, settings)
+    decided = decide_firings(firings, snapshot, settings, decision_log=decision_log)
     if decided.is_empty():
         return pl.DataFrame(schema={c: pl.String for c in REPLAY_COLUMNS})
     return decided.select(*REPLAY_COLUMNS, pl.exclude(REPLAY_COLUMNS))

@@ -338,12 +338,11 @@ def test_segment_and_rudderstack_sdks_send_events_by_changing_the_host(trigger_s
     assert order["products"] == ["p3"] and order["order_id"] == "o9"
 
 
-def test_ingest_and_replay_from_files(simulated, simulated_shop, tmp_path, mlflow_home, capsys):
-    from champions import register_champion
-
-    as_of = datetime(2026, 5, 31, 23, 59, tzinfo=UTC)
-    for task in ("propensity", "sendtime"):
-        register_champion(task, simulated_shop, as_of)
+def test_ingest_and_replay_from_files(simulated, trigger_server, tmp_path, monkeypatch, capsys):
+    _, root = trigger_server  # its champions; an event store of this test's own
+    monkeypatch.setenv("SENDWISE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("SENDWISE_ARTIFACTS", str(root / "artifacts"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
     customers = (
         pl.read_parquet(simulated[0] / "customers.parquet")["customer_id"].head(500).to_list()
     )
@@ -586,3 +585,75 @@ def test_two_trigger_workers_on_postgresql_fire_exactly_what_one_would(simulated
     assert logged["decision_id"].is_unique().all() and len(logged) == len(expected)
     for worker in workers:
         worker.stop()
+
+
+def test_a_backfill_logs_firings_and_the_report_shows_what_each_trigger_earned(
+    simulated, trigger_server, tmp_path, monkeypatch
+):
+    """Replay with --log, the simulated customers answer the triggered mail from their planted
+    truth, and the campaign report compares each trigger's mailed with its holdout."""
+    import shutil
+
+    _, root = trigger_server
+    monkeypatch.setenv("SENDWISE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("SENDWISE_ARTIFACTS", str(root / "artifacts"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    shop = tmp_path / "shop"
+    shutil.copytree(simulated[0], shop)  # responses are appended to the shop's tables
+    assert (
+        main(
+            [
+                "simulate",
+                "events",
+                "--shop",
+                str(shop),
+                "--days",
+                "7",
+                "--seed",
+                "2",
+                "--out",
+                str(tmp_path / "stream"),
+            ]
+        )
+        == 0
+    )
+    fired = tmp_path / "firings.parquet"
+    replay = [
+        "triggers",
+        "replay",
+        "--events",
+        str(tmp_path / "stream" / "events.jsonl"),
+        "--catalog",
+        str(tmp_path / "stream" / "catalog.jsonl"),
+    ]
+    assert (
+        main([*replay, "--shop", str(shop), "--until", "2026-07-08", "--out", str(fired), "--log"])
+        == 0
+    )
+    firings = pl.read_parquet(fired)
+    logged = DecisionLog().read()
+    assert sorted(logged["decision_id"]) == sorted(firings["trigger_id"])  # each firing once
+    assert main(["simulate", "respond", "--shop", str(shop), "--days", "7"]) == 0
+    report = tmp_path / "report.json"
+    assert (
+        main(
+            [
+                "report",
+                "campaign",
+                "--shop",
+                str(shop),
+                "--days",
+                "7",
+                "--out",
+                str(tmp_path / "report.html"),
+                "--json",
+                str(report),
+            ]
+        )
+        == 0
+    )
+    names = {c["name"] for c in json.loads(report.read_text())["comparisons"]}
+    busiest = firings.filter(pl.col("holdout_kind") == "trigger")["trigger"].value_counts(
+        sort=True
+    )["trigger"][0]
+    assert f"mailed vs trigger holdout ({busiest})" in names, names
