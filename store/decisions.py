@@ -14,10 +14,13 @@ import json
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
+from pathlib import Path
 
 import numpy as np
 import polars as pl
 import sqlalchemy as sa
+
+from sendwise.errors import SendwiseError
 
 from .database import database_url, open_engine, placeholder
 from .files import json_array
@@ -370,3 +373,50 @@ class DecisionLog:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+# what the campaign report needs of an exported decisions file (DESIGN: decisions export)
+REPORTED = (
+    "decision_id", "decided_at", "customer_id", "campaign", "trigger", "segment", "send",
+    "holdout", "holdout_kind", "probability", "offer", "products", "send_at", "reasons",
+)  # fmt: skip
+
+
+def read_export(path: Path) -> pl.DataFrame:
+    """A decisions file `sendwise decisions export` wrote (Parquet, or CSV with lists as JSON
+    arrays), typed as `DecisionLog.read` gives the log, so a report from either is the same;
+    a missing column or an unreadable value is one line naming it."""
+    if not path.is_file():
+        raise SendwiseError(f"{path}: no such file")
+    types = {c.name: _polars_type(c) for c in decisions.columns}
+    try:
+        frame = (
+            pl.read_parquet(path)
+            if path.suffix == ".parquet"
+            else pl.read_csv(path, infer_schema=False)
+        )
+    except pl.exceptions.PolarsError as error:
+        raise SendwiseError(f"{path}: not a decisions table: {error}") from None
+    missing = [c for c in REPORTED if c not in frame.columns]
+    if missing:
+        raise SendwiseError(
+            f"{path}: no column {', '.join(missing)} (write it with `sendwise decisions export`)"
+        )
+    for name in frame.columns:
+        if name not in types:
+            continue
+        kind = pl.List(LISTS[name]) if name in LISTS else types[name]
+        column = frame[name]
+        try:
+            if column.dtype == pl.String and name in LISTS:
+                column = column.str.json_decode(kind)
+            elif column.dtype == pl.String and kind == pl.Datetime("us", "UTC"):
+                column = column.str.to_datetime(time_zone="UTC", time_unit="us")
+            elif column.dtype == pl.String and kind == pl.Boolean:
+                column = column.str.to_lowercase().replace_strict(
+                    {"true": True, "false": False}, default=None, return_dtype=pl.Boolean
+                )
+            frame = frame.with_columns(column.cast(kind).alias(name))
+        except pl.exceptions.PolarsError as error:
+            raise SendwiseError(f"{path}: column {name}: {str(error).splitlines()[0]}") from None
+    return frame
