@@ -20,17 +20,13 @@ import json
 import os
 import random
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import aiohttp
-import psutil
 from bench_features import machine
-from child import run_cli, work_env
+from child import run_cli, serving, work_env, worker_rss_mib
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results"
@@ -121,50 +117,17 @@ async def load(url: str, bodies: list[dict], concurrency: int, seconds: float) -
 
 
 def over_http(shop: Path, ids: list[str], seconds: float, workers: int, env: dict) -> dict:
-    port = 3789
-    server_env = {**env, "SENDWISE_API_KEYS": KEY}
-    with tempfile.TemporaryFile() as logfile:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "sendwise.cli", "serve", "--shop", str(shop), "--port", str(port), "--workers", str(workers)],
-            env=server_env,
-            stdout=logfile,
-            stderr=logfile,
-        )  # fmt: skip
-        url = f"http://127.0.0.1:{port}"
-        try:
-            started = time.perf_counter()
-            while True:
-                try:
-                    if urllib.request.urlopen(f"{url}/readyz", timeout=2).status == 200:
-                        break
-                except OSError:
-                    time.sleep(0.3)
-                if time.perf_counter() - started > 300:
-                    logfile.seek(0)
-                    raise RuntimeError(logfile.read().decode()[-3000:])
-            ready_s = time.perf_counter() - started
-            rng = random.Random(1)
-            found = {"ready_s": round(ready_s, 1)}
-            asyncio.run(load(url, [{"recipients": recipients(ids, 10, rng)}], 2, 3))  # warm-up
-            for concurrency in (1, 8):
-                bodies = [{"recipients": recipients(ids, 1, rng)} for _ in range(500)]
-                found[f"single_c{concurrency}"] = asyncio.run(
-                    load(url, bodies, concurrency, seconds)
-                )
-            for size in (100, 1000):
-                bodies = [{"recipients": recipients(ids, size, rng)} for _ in range(50)]
-                found[f"batch_{size}"] = asyncio.run(load(url, bodies, 4, seconds))
-            tree = psutil.Process(server.pid).children(recursive=True)
-            found["worker_rss_mib"] = sorted(
-                round(p.memory_info().rss / 2**20)
-                for p in tree
-                if "_bentoml_impl.worker" in " ".join(p.cmdline())
-            )
-        finally:
-            for p in psutil.Process(server.pid).children(recursive=True):
-                p.terminate()
-            server.terminate()
-            server.wait(30)
+    with serving(shop, 3789, workers, {**env, "SENDWISE_API_KEYS": KEY}) as (url, ready_s):
+        rng = random.Random(1)
+        found = {"ready_s": round(ready_s, 1)}
+        asyncio.run(load(url, [{"recipients": recipients(ids, 10, rng)}], 2, 3))  # warm-up
+        for concurrency in (1, 8):
+            bodies = [{"recipients": recipients(ids, 1, rng)} for _ in range(500)]
+            found[f"single_c{concurrency}"] = asyncio.run(load(url, bodies, concurrency, seconds))
+        for size in (100, 1000):
+            bodies = [{"recipients": recipients(ids, size, rng)} for _ in range(50)]
+            found[f"batch_{size}"] = asyncio.run(load(url, bodies, 4, seconds))
+        found["worker_rss_mib"] = worker_rss_mib()
     return found
 
 

@@ -25,15 +25,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
-import psutil
 from bench_api import prepare
 from bench_features import machine, write_results
-from child import work_env
+from child import serving, work_env, worker_rss_mib
 
 KEY = "bench-key"
 START = datetime(2026, 7, 1, tzinfo=UTC)
@@ -167,40 +165,12 @@ async def welcome_latency(url: str, records: list[dict], seconds: float, rate: i
 
 def live(shop: Path, seconds: float, workers: int, env: dict) -> dict:
     records = stream_records(shop, 7, 5)
-    port = 3797
-    server_env = {**env, "SENDWISE_API_KEYS": KEY}
-    with tempfile.TemporaryFile() as logfile:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "sendwise.cli", "serve", "--shop", str(shop), "--port", str(port), "--workers", str(workers)],
-            env=server_env, stdout=logfile, stderr=logfile,
-        )  # fmt: skip
-        url = f"http://127.0.0.1:{port}"
-        try:
-            started = time.perf_counter()
-            while True:
-                try:
-                    if urllib.request.urlopen(f"{url}/readyz", timeout=2).status == 200:
-                        break
-                except OSError:
-                    time.sleep(0.3)
-                if time.perf_counter() - started > 300:
-                    logfile.seek(0)
-                    raise RuntimeError(logfile.read().decode()[-3000:])
-            # latency first, on an empty store: the ingest phase leaves a week of events
-            # whose firings the engine then works through for a while
-            found = {"welcome": asyncio.run(welcome_latency(url, records, seconds, 2000))}
-            found["ingest"] = asyncio.run(ingest(url, records, seconds))
-            tree = psutil.Process(server.pid).children(recursive=True)
-            found["worker_rss_mib"] = sorted(
-                round(p.memory_info().rss / 2**20)
-                for p in tree
-                if "_bentoml_impl.worker" in " ".join(p.cmdline())
-            )
-        finally:
-            for p in psutil.Process(server.pid).children(recursive=True):
-                p.terminate()
-            server.terminate()
-            server.wait(30)
+    with serving(shop, 3797, workers, {**env, "SENDWISE_API_KEYS": KEY}) as (url, _):
+        # latency first, on an empty store: the ingest phase leaves a week of events
+        # whose firings the engine then works through for a while
+        found = {"welcome": asyncio.run(welcome_latency(url, records, seconds, 2000))}
+        found["ingest"] = asyncio.run(ingest(url, records, seconds))
+        found["worker_rss_mib"] = worker_rss_mib()
     return found
 
 

@@ -7,7 +7,12 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+import psutil
 
 
 def run_cli(args: list[str], env: dict | None = None) -> dict:
@@ -43,3 +48,40 @@ def work_env(work: Path) -> dict:
         "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
         "SENDWISE_ARTIFACTS": str(work / "artifacts"),
     }
+
+
+@contextmanager
+def serving(shop: Path, port: int, workers: int, env: dict) -> Iterator[tuple[str, float]]:
+    """`sendwise serve` in child processes: (its URL, seconds until `/readyz` said 200)."""
+    with tempfile.TemporaryFile() as logfile:
+        args = ["serve", "--shop", str(shop), "--port", str(port), "--workers", str(workers)]
+        server = subprocess.Popen(
+            [sys.executable, "-m", "sendwise.cli", *args], env=env, stdout=logfile, stderr=logfile
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            started = time.perf_counter()
+            while True:
+                try:
+                    if urllib.request.urlopen(f"{url}/readyz", timeout=2).status == 200:
+                        break
+                except OSError:
+                    time.sleep(0.3)
+                if time.perf_counter() - started > 300:
+                    logfile.seek(0)
+                    raise RuntimeError(logfile.read().decode()[-3000:])
+            yield url, time.perf_counter() - started
+        finally:
+            for p in psutil.Process(server.pid).children(recursive=True):
+                p.terminate()
+            server.terminate()
+            server.wait(30)
+
+
+def worker_rss_mib() -> list[int]:
+    """Resident memory of every BentoML worker under this process, smallest first."""
+    return sorted(
+        round(p.memory_info().rss / 2**20)
+        for p in psutil.Process().children(recursive=True)
+        if "_bentoml_impl.worker" in " ".join(p.cmdline())
+    )
