@@ -623,24 +623,34 @@ def score_command(
         str, typer.Option("--campaign", help="Campaign name: salts holdouts, counts for caps.")
     ] = "default",
     config: ConfigFile = None,
+    engine: EngineOption = Engine.local,
+    scheduler: SchedulerOption = None,
 ) -> None:
     """Batch decisions for every customer known on the cut-off, from the champion models,
-    through the same policy as the API; the batch is appended to the decision log whole."""
+    through the same policy as the API; the batch is appended to the decision log whole.
+    A bucketed shop is scored bucket by bucket on --engine, with the same decisions."""
     from sendwise.policy.config import load_settings
-    from sendwise.serving.engine import Champions, export_decisions
+    from sendwise.serving.engine import Champions, export_batch
 
     cutoff, started = parse_as_of(as_of), time.perf_counter()
     settings = load_settings(config)
-    data = read_shop(shop)
+    buckets = bucket_dirs(shop)
+    if engine is not Engine.local and not buckets:
+        raise SendwiseError(
+            f"--engine {engine}: {shop} is not a bucketed shop; split it first with "
+            "`sendwise shop partition --shop DIR --buckets N --out DIR`"
+        )
+    data = read_shop(shop, validate=not buckets)  # buckets were checked when partitioned
     with console.status(f"Loading shop {data.name}'s champions..."):
         champions = Champions.load(data.name)
-    with console.status("Scoring..."):
-        decisions = export_decisions(champions, data, cutoff, out_file, settings, campaign)
-    sent, held = decisions["send"].sum(), decisions["holdout"].sum()
+    with progress_bar(f"Scoring ({engine})", max(len(buckets), 1)) as tick:
+        done = export_batch(
+            champions, data, cutoff, out_file, settings, campaign, None, engine, scheduler, tick
+        )
     out.print(
-        f"Wrote {out_file}: {len(decisions):,} decisions ({sent:,} to send, {held:,} held out) "
-        f"in {time.perf_counter() - started:.1f}s, logged as campaign {campaign!r} "
-        f"(shop {data.name}'s models {champions.version_label})"
+        f"Wrote {out_file}: {done.rows:,} decisions ({done.sends:,} to send, "
+        f"{done.holdouts:,} held out) in {time.perf_counter() - started:.1f}s, logged as "
+        f"campaign {campaign!r} (shop {data.name}'s models {champions.version_label})"
     )
 
 
@@ -816,20 +826,33 @@ def report_campaign_command(
     json_file: Annotated[
         Path | None, typer.Option("--json", help="Also write the figures as JSON.")
     ] = None,
+    decisions_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--decisions", help="A `decisions export` file to report on instead of the log."
+        ),
+    ] = None,
 ) -> None:
     """What the logged decisions earned: each randomised comparison (mailed vs holdouts,
     personal vs popular products and vs the fallback hour, each offer arm), with 95% CIs,
     by segment, the usual KPIs, and a plain-words headline; one self-contained HTML page."""
+    import polars as pl
+
     from sendwise.reports.campaign import render_campaign, summarise_campaign
     from sendwise.reports.outcomes import outcomes
-    from sendwise.store.decisions import DecisionLog
+    from sendwise.store.decisions import DecisionLog, read_export
     from sendwise.store.files import atomic_path
 
-    decision_log = DecisionLog()
-    decisions = decision_log.read(campaign=campaign)
+    if decisions_file is None:
+        decision_log = DecisionLog()
+        decisions, source = decision_log.read(campaign=campaign), decision_log.address
+    else:
+        decisions, source = read_export(decisions_file), str(decisions_file)
+        if campaign is not None:
+            decisions = decisions.filter(pl.col("campaign") == campaign)
     if decisions.is_empty():
         where = f" for campaign {campaign}" if campaign else ""
-        raise SendwiseError(f"no decisions{where} in the decision log ({decision_log.address})")
+        raise SendwiseError(f"no decisions{where} in {source}")
     with console.status(f"Joining {len(decisions):,} decisions with what followed..."):
         summary = summarise_campaign(outcomes(decisions, read_shop(shop), days), days, campaign)
         page = render_campaign(summary)

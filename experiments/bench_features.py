@@ -39,11 +39,18 @@ def machine() -> dict:
     }
 
 
+def _plain(value: object) -> object:
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
 def write_results(name: str, lines: list[str], result: dict | None = None) -> None:
     """`results/NAME.md` (and `NAME.json` when given the figures), and the table on stdout."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     if result is not None:
-        (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+        figures = json.dumps(result, indent=2, default=_plain)  # numpy scalars as numbers
+        (RESULTS / f"{name}.json").write_text(figures + "\n")
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -1,14 +1,17 @@
-"""Benchmark: `sendwise score` on a large simulated shop (target: 1,000,000 customers < 2 min).
+"""Benchmark: `sendwise score` on a large simulated shop (target: 1,000,000 customers in
+60 s and 4 GiB with `--engine local` on a bucketed shop).
 
-    python experiments/bench_score.py [--customers 1000000] [--work DIR] [--repeat N]
+    python experiments/bench_score.py [--customers 1000000] [--buckets 16] [--work DIR] [--repeat N]
 
 Champions are trained on a 20,000-customer shop from the same simulator (what is measured
-here is scoring, not training), in a throw-away MLflow home; then the real CLI scores the
-large shop in a child process, `--repeat` times (this shared machine's timings vary by 10-20%
-from run to run). Writes experiments/results/score.json and score.md. With `--work DIR`, shops
-and champions already in DIR (from an earlier run) are reused. The yardstick (`yardstick.py`:
-read the large shop's tables and group each by customer) is timed just before and just after
-the scoring runs, and every figure is also given as a multiple of it.
+here is scoring, not training), in a throw-away MLflow home; the large shop is split into
+`--buckets` customer-hash buckets (`sendwise shop partition`, timed too); then the real CLI
+scores it bucket by bucket in a child process, `--repeat` times. Writes
+experiments/results/score.json and score.md. With `--work DIR`, shops and champions already
+in DIR (from an earlier run) are reused. The yardstick (`yardstick.py`: read the large shop's
+tables and group each by customer) is timed just before and just after the scoring runs, and
+every figure is also given as a multiple of it; the machine's load average is noted beside
+each run, since the machine is shared.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=1_000_000)
     parser.add_argument("--work", type=Path, help="Keep (and reuse) shops and models here.")
     parser.add_argument("--repeat", type=int, default=1, help="Score this many times.")
+    parser.add_argument("--buckets", type=int, default=16, help="Customer-hash buckets.")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="sendwise-score-") as tmp:
         work = args.work or Path(tmp)
@@ -49,48 +53,75 @@ def main() -> None:
             # the same shop at scale: its name (shop.toml) finds the champions trained on `small`
             simulate = ["simulate", "--customers", customers, "--seed", "0", "--name", "bench"]
             run_cli([*simulate, "--out", str(large)], env)
-        score = ["score", "--shop", str(large), "--as-of", AS_OF, "--out"]
+        bucketed = work / f"large-{args.buckets}"
+        partitioned = None
+        if not bucketed.is_dir():
+            partition = ["shop", "partition", "--shop", str(large), "--buckets"]
+            partitioned = run_cli([*partition, str(args.buckets), "--out", str(bucketed)], env)
+        score = ["score", "--shop", str(bucketed), "--as-of", AS_OF, "--engine", "local", "--out"]
         before = yardstick(large)
-        runs = [run_cli([*score, str(work / "decisions.parquet")], env) for _ in range(args.repeat)]
+        runs = []
+        for _ in range(args.repeat):
+            load = load_now()
+            run = run_cli([*score, str(work / "decisions.parquet")], env)
+            runs.append({**run, "load_before": load, "load_after": load_now()})
         after = yardstick(large)
     unit = yardstick_of(before, after)
     for run in runs:
         run["yardsticks"] = multiple(run["wall_s"], unit)
+    walls = [run["wall_s"] for run in runs]
+    peaks = [run["peak_rss_mib"] for run in runs]
+    median = {"wall_s": statistics.median(walls), "peak_rss_mib": statistics.median(peaks)}
     result = {
         "customers": args.customers,
+        "buckets": args.buckets,
         "train_20k": trained,
+        "partition": partitioned,
         "score": runs,
+        "median": {**median, "yardsticks": multiple(median["wall_s"], unit)},
         "yardstick": {**unit, "before": before, "after": after},
         "cpu_count": os.cpu_count(),
     }
     md = [
         "# Batch scoring benchmark",
         "",
-        f"Machine: {os.cpu_count()} cores. Command: `python experiments/bench_score.py "
-        f"--customers {args.customers} --repeat {args.repeat}`.",
+        f"Machine: {os.cpu_count()} cores, shared (1-minute load average beside each run). "
+        f"Command: `python experiments/bench_score.py --customers {args.customers} "
+        f"--buckets {args.buckets} --repeat {args.repeat}`.",
         "",
         f"Yardstick (read the {args.customers:,}-customer shop's tables and group each by "
         f"customer; median of {len(unit['runs_s'])} runs before and after scoring): "
         f"{unit['median_s']} s (before {before['median_s']} s, after {after['median_s']} s).",
         "",
-        "| step | wall (s) | yardsticks | peak RSS (MiB) |",
-        "|---|---:|---:|---:|",
-        "| `sendwise train all` on 20,000 customers (horizon 30 d) | "
-        + (
-            f"{trained['wall_s']} | {multiple(trained['wall_s'], unit)} | "
-            f"{trained['peak_rss_mib']:,} |"
-            if trained
-            else "reused | - | - |"
-        ),
+        "| step | wall (s) | yardsticks | peak RSS (MiB) | load before / after |",
+        "|---|---:|---:|---:|---:|",
+        row("`sendwise train all` on 20,000 customers (horizon 30 d)", trained, unit),
+        row(f"`sendwise shop partition` into {args.buckets} buckets", partitioned, unit),
         *[
-            f"| `sendwise score` on {args.customers:,} customers (target < 120 s), run {k} "
-            f"| {run['wall_s']} | {run['yardsticks']} | {run['peak_rss_mib']:,} |"
+            f"| `sendwise score --engine local` on {args.customers:,} customers, {args.buckets} "
+            f"buckets (target 60 s, 4,096 MiB), run {k} | {run['wall_s']} | "
+            f"{run['yardsticks']} | {run['peak_rss_mib']:,} | "
+            f"{run['load_before']} / {run['load_after']} |"
             for k, run in enumerate(runs, 1)
         ],
+        f"| median of {len(runs)} | {median['wall_s']} | {multiple(median['wall_s'], unit)} | "
+        f"{median['peak_rss_mib']:,} | |",
         "",
         f"Output: {runs[-1]['stdout']}",
     ]
     write_results("score", md, result)
+
+
+def row(label: str, run: dict | None, unit: dict) -> str:
+    """A table row of a step run here, or `reused` from an earlier run in --work."""
+    if run is None:
+        return f"| {label} | reused | - | - | |"
+    wall = run["wall_s"]
+    return f"| {label} | {wall} | {multiple(wall, unit)} | {run['peak_rss_mib']:,} | |"
+
+
+def load_now() -> float:
+    return round(os.getloadavg()[0], 2)
 
 
 def yardstick_of(before: dict, after: dict) -> dict:

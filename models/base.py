@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -85,9 +87,26 @@ def tree_predictor(
     return compile_trees(booster, raw_score).result()
 
 
+_BATCH_ROWS: ContextVar[int | None] = ContextVar("sendwise_batch_rows", default=None)
+
+
+@contextmanager
+def part_of_batch(rows: int) -> Iterator[None]:
+    """Predict as for a whole batch of `rows` rows while scoring a part of it (a bucket):
+    compiled trees and LightGBM differ in the last bits, so every part takes the whole
+    batch's choice and the parts' numbers are the whole's."""
+    token = _BATCH_ROWS.set(rows)
+    try:
+        yield
+    finally:
+        _BATCH_ROWS.reset(token)
+
+
 def predict_trees(booster: lgb.Booster, rows: np.ndarray, raw_score: bool = False) -> np.ndarray:
     """`booster.predict(rows)`, through the compiled trees when the batch pays for them."""
-    return tree_predictor(booster, len(rows) >= COMPILE_ROWS, raw_score)(rows)
+    batch = _BATCH_ROWS.get()
+    size = len(rows) if batch is None else batch
+    return tree_predictor(booster, size >= COMPILE_ROWS, raw_score)(rows)
 
 
 def check_is_fitted(model: Any, attribute: str) -> None:

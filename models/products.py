@@ -24,7 +24,6 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 from implicit.als import AlternatingLeastSquares
-from implicit.nearest_neighbours import bm25_weight
 
 from .base import (
     THREADS,
@@ -41,6 +40,7 @@ from .base import (
 
 T = TypeVar("T")
 COMPILE_CUSTOMERS = 50_000  # from about this many customers (5M pairs) compiled trees pay off
+BM25_K1, BM25_B = 100, 0.8
 
 ITEM_FEATURES = [
     "pop_orders",
@@ -105,6 +105,51 @@ def _codes(sorted_values: np.ndarray, values: pl.Series) -> np.ndarray:
     pos = np.searchsorted(sorted_values, values)
     pos = np.clip(pos, 0, len(sorted_values) - 1)
     return np.where(sorted_values[pos] == values, pos, -1)
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """One list to rank (see `ProductRanker.rank`)."""
+
+    n: int = 10
+    exclude: pl.DataFrame | None = None
+    new_only: bool = False
+
+
+@dataclass
+class _Layout:
+    """A history's rows in CSR order (customer, then product), with their codes: every pair
+    matrix shares one layout, so a chunk of customers' bought pairs is a slice of it."""
+
+    history: pl.DataFrame
+    products: np.ndarray  # each row's product code
+    indptr: np.ndarray
+    shape: tuple[int, int]
+
+    def matrix(self, values: np.ndarray) -> sp.csr_matrix:
+        return sp.csr_matrix((values, self.products, self.indptr), shape=self.shape)
+
+
+def _layout(index: _Index, history: pl.DataFrame) -> _Layout:
+    shape = (len(index.customers), len(index.products))
+    u = index.customer_codes(history["customer_id"])
+    i = index.product_codes(history["product_id"])
+    order = np.lexsort((i, u))
+    indptr = np.r_[0, np.cumsum(np.bincount(u, minlength=shape[0]))]
+    return _Layout(history[order], i[order], indptr, shape)
+
+
+def _bm25(counts: sp.csr_matrix, idf: np.ndarray, average_length: np.floating) -> sp.csr_matrix:
+    """implicit's `bm25_weight` (K1 100, B 0.8), float32, with the shop-wide terms given: the
+    same numbers for a customer's row whether the matrix holds the whole shop or a part."""
+    rows = np.repeat(np.arange(counts.shape[0]), np.diff(counts.indptr))
+    row_sums = np.ravel(counts.sum(axis=1))
+    length_norm = (1.0 - BM25_B) + BM25_B * row_sums / average_length
+    data = counts.data
+    weighted = data * (BM25_K1 + 1.0) / (BM25_K1 * length_norm[rows] + data) * idf[counts.indices]
+    return sp.csr_matrix(
+        (weighted.astype(np.float32), counts.indices, counts.indptr), shape=counts.shape
+    )
 
 
 def _top_k(scores: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -191,19 +236,53 @@ class _Pairs:
         )
 
 
+@dataclass(frozen=True)
+class Items:
+    """What ranking needs from the whole shop at one cut-off, computed once (`items`): the
+    product index, co-purchase neighbours, item statistics, ALS item factors and the BM25
+    weights' shop-wide terms. With it, each customer's candidates and scores depend on that
+    customer's history alone, so customers ranked apart (bucket by bucket) rank as together.
+    Plain arrays: it travels to Dask workers by pickle."""
+
+    products: np.ndarray  # sorted product ids
+    similar: sp.csr_matrix  # products x products, top neighbours by cosine over buyers
+    items: dict[str, np.ndarray]
+    popular: np.ndarray
+    item_factors: np.ndarray
+    idf: np.ndarray  # BM25 per product: log(buyers in the shop) - log1p(its buyers)
+    average_length: np.floating  # BM25: mean orders per customer over the shop (float32)
+    customers: np.ndarray  # sorted ids whose factors the ALS fit itself gave (small shops)
+    user_factors: np.ndarray  # their factors; others are solved against the item factors
+    compiled: bool  # rank with compiled trees: decided by the shop's size, not a part's
+
+
 @dataclass
 class _Context:
-    """Everything shop-wide about one cut-off; candidate pairs are then built per customer chunk."""
+    """One cut-off's candidates for a set of customers: their own purchases, with the shop's
+    `Items`; candidate pairs are then built per customer chunk."""
 
     index: _Index
     orders: sp.csr_matrix  # customers x products: orders of each product, indices sorted
     own: dict[str, np.ndarray]  # own_* features per bought pair, aligned with `orders.data`
     decayed: sp.csr_matrix  # log orders, decayed by age: the co-purchase query
-    similar: sp.csr_matrix  # products x products, top neighbours by cosine over buyers
-    items: dict[str, np.ndarray]
-    popular: np.ndarray
     user_factors: np.ndarray
-    item_factors: np.ndarray
+    shop: Items
+
+    @property
+    def similar(self) -> sp.csr_matrix:
+        return self.shop.similar
+
+    @property
+    def items(self) -> dict[str, np.ndarray]:
+        return self.shop.items
+
+    @property
+    def popular(self) -> np.ndarray:
+        return self.shop.popular
+
+    @property
+    def item_factors(self) -> np.ndarray:
+        return self.shop.item_factors
 
     @property
     def n_users(self) -> int:
@@ -246,23 +325,59 @@ class ProductRanker(Settings):
 
     # --- candidates and their features ----------------------------------------------------
 
-    def _context(self, history: pl.DataFrame, as_of: datetime) -> _Context:
-        """The shop-wide part of candidate generation: matrices, neighbours, ALS, item stats."""
-        index = _Index(
-            np.sort(history["customer_id"].unique().to_numpy().astype(str)),
-            np.sort(history["product_id"].unique().to_numpy().astype(str)),
+    def items(self, history: pl.DataFrame, as_of: datetime) -> Items:
+        """The shop-wide part of candidate generation at `as_of`, from every customer's
+        `history`: neighbours, item statistics, ALS item factors, BM25 terms."""
+        products = np.sort(history["product_id"].unique().to_numpy().astype(str))
+        customers = np.sort(history["customer_id"].unique().to_numpy().astype(str))
+        layout = _layout(_Index(customers, products), history)
+        shape, i = layout.shape, layout.products
+        bought = layout.matrix(np.ones(len(i)))
+        # co-purchase: cosine between products over their buyers, top neighbours kept
+        norm = 1 / np.sqrt(np.maximum(np.asarray(bought.sum(axis=0)).ravel(), 1))
+        scaled = bought @ sp.diags(norm)
+        similar = (scaled.T @ scaled).tocsr()
+        similar.setdiag(0)
+        r, c, v = _top_k(similar, self.neighbours)
+        counts = layout.matrix(layout.history["orders"].to_numpy().astype(np.float32))
+        # BM25 as implicit's `bm25_weight` computes it over the whole matrix, kept by parts
+        idf = np.log(float(shape[0])) - np.log1p(np.bincount(i, minlength=shape[1]))
+        average_length = np.ravel(counts.sum(axis=1)).mean()
+        weighted = _bm25(counts, idf, average_length)
+        als = self._als_model()
+        joint = shape[0] <= self.als_sample
+        if joint:
+            als.fit(weighted, show_progress=False)
+        else:  # item factors from a sample of customers; everyone's are solved against them
+            rng = np.random.default_rng(self.random_state)
+            sample = np.sort(rng.choice(shape[0], self.als_sample, replace=False))
+            als.fit(weighted[sample], show_progress=False)
+        items = self._item_stats(layout.history, i, shape[1], as_of)
+        popular = np.argsort(-items["pop_30d"] - 1e-3 * items["pop_orders"])
+        return Items(
+            products=products,
+            similar=sp.csr_matrix((v, (r, c)), shape=(shape[1], shape[1])),
+            items=items,
+            popular=popular[: self.popular_candidates],
+            item_factors=als.item_factors,
+            idf=idf,
+            average_length=average_length,
+            customers=customers if joint else customers[:0],
+            user_factors=als.user_factors if joint else np.zeros((0, self.als_factors)),
+            compiled=shape[0] >= COMPILE_CUSTOMERS,
         )
-        shape = (len(index.customers), len(index.products))
-        u = index.customer_codes(history["customer_id"])
-        i = index.product_codes(history["product_id"])
-        # rows in CSR order (customer, then product): every pair matrix shares one layout, so
-        # a chunk of customers' bought pairs is a slice of the per-pair arrays
-        order = np.lexsort((i, u))
-        history, u, i = history[order], u[order], i[order]
-        indptr = np.r_[0, np.cumsum(np.bincount(u, minlength=shape[0]))]
 
-        def by_pair(values: np.ndarray) -> sp.csr_matrix:
-            return sp.csr_matrix((values, i, indptr), shape=shape)
+    def candidate_context(
+        self, history: pl.DataFrame, as_of: datetime, items: Items | None = None
+    ) -> _Context:
+        """Candidate generation for the customers of `history`, against the shop's `items`
+        (default: those of `history` itself, a whole shop)."""
+        shop = self.items(history, as_of) if items is None else items
+        index = _Index(
+            np.sort(history["customer_id"].unique().to_numpy().astype(str)), shop.products
+        )
+        layout = _layout(index, history)
+        history = layout.history
 
         def days_before(column: str) -> np.ndarray:
             age = (pl.lit(as_of) - pl.col(column)).dt.total_hours() / 24
@@ -270,17 +385,7 @@ class ProductRanker(Settings):
 
         days_since = days_before("last_ordered_at")
         orders = history["orders"].to_numpy().astype(np.float32)
-        bought = by_pair(np.ones(len(u)))
-        # co-purchase: cosine between products over their buyers, top neighbours kept
-        norm = 1 / np.sqrt(np.maximum(np.asarray(bought.sum(axis=0)).ravel(), 1))
-        scaled = bought @ sp.diags(norm)
-        similar = (scaled.T @ scaled).tocsr()
-        similar.setdiag(0)
-        r, c, v = _top_k(similar, self.neighbours)
-        counts = by_pair(orders)
-        user_factors, item_factors = self._als(counts)
-        items = self._item_stats(history, i, shape[1], as_of)
-        popular = np.argsort(-items["pop_30d"] - 1e-3 * items["pop_orders"])
+        counts = layout.matrix(orders)
         return _Context(
             index=index,
             orders=counts,
@@ -290,37 +395,34 @@ class ProductRanker(Settings):
                 "own_days_since": days_since + 1e-3,
                 "own_days_since_first": days_before("first_ordered_at") + 1e-3,
             },
-            decayed=by_pair(np.log1p(orders) * np.exp(-days_since / 180)),
-            similar=sp.csr_matrix((v, (r, c)), shape=(shape[1], shape[1])),
-            items=items,
-            popular=popular[: self.popular_candidates],
-            user_factors=user_factors,
-            item_factors=item_factors,
+            decayed=layout.matrix(np.log1p(orders) * np.exp(-days_since / 180)),
+            user_factors=self._user_factors(index.customers, counts, shop),
+            shop=shop,
         )
 
-    def _als(self, counts: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
-        """BM25-weighted ALS factors; on large shops item factors come from a sample of
-        customers and everyone's factors are then solved against them (exact fold-in)."""
-        als = AlternatingLeastSquares(
+    def _als_model(self) -> AlternatingLeastSquares:
+        return AlternatingLeastSquares(
             factors=self.als_factors,
             iterations=15,
             regularization=0.01,
             random_state=self.random_state,
             num_threads=THREADS,
         )
-        weighted = bm25_weight(counts, K1=100, B=0.8).tocsr().astype(np.float32)
-        n_users = weighted.shape[0]
-        if n_users <= self.als_sample:
-            als.fit(weighted, show_progress=False)
-            return als.user_factors, als.item_factors
-        rng = np.random.default_rng(self.random_state)
-        sample = np.sort(rng.choice(n_users, self.als_sample, replace=False))
-        als.fit(weighted[sample], show_progress=False)
-        users = np.empty((n_users, self.als_factors), np.float32)
-        for start in range(0, n_users, self.chunk_size):
-            rows = np.arange(start, min(start + self.chunk_size, n_users))
+
+    def _user_factors(self, customers: np.ndarray, counts: sp.csr_matrix, shop: Items):
+        """The customers' ALS factors: the fit's own where it had them all (a small shop),
+        else each solved against the item factors (an exact fold-in, one customer at a time
+        whatever the chunk, so parts of a shop get what the whole would)."""
+        if len(shop.customers):
+            return shop.user_factors[np.searchsorted(shop.customers, customers)]
+        als = self._als_model()
+        als.item_factors = shop.item_factors
+        weighted = _bm25(counts, shop.idf, shop.average_length)
+        users = np.empty((len(customers), self.als_factors), np.float32)
+        for start in range(0, len(customers), self.chunk_size):
+            rows = np.arange(start, min(start + self.chunk_size, len(customers)))
             users[rows] = als.recalculate_user(rows, weighted[rows])
-        return users, als.item_factors
+        return users
 
     def _pairs(self, context: _Context, start: int, stop: int) -> _Pairs:
         """Candidate pairs, with their features, for the customers at codes [start, stop).
@@ -397,7 +499,7 @@ class ProductRanker(Settings):
 
     def candidates(self, history: pl.DataFrame, as_of: datetime) -> pl.DataFrame:
         """Every candidate (customer, product) pair with its features, for one cut-off."""
-        context = self._context(history, as_of)
+        context = self.candidate_context(history, as_of)
         pairs = _Pairs.concat(self._chunks(context, lambda pairs: pairs))
         return pl.concat(
             [
@@ -492,39 +594,63 @@ class ProductRanker(Settings):
         exclude: pl.DataFrame | None = None,
         new_only: bool = False,
         unavailable: Collection[str] = (),
+        items: Items | None = None,
     ) -> pl.DataFrame:
         """Top-`n` products per customer in `history`: `customer_id`, `products`, `scores`.
 
         `exclude` lists (customer_id, product_id) pairs never to recommend (business rules);
         `new_only` keeps only products the customer has not bought; `unavailable` products
-        (out of stock) are offered to no one.
+        (out of stock) are offered to no one. `items`: the shop's (see `items`), where
+        `history` is a part of it; by default `history` is the whole shop.
         """
         check_is_fitted(self, "booster_")
-        booster = self.booster_new_ if new_only else self.booster_
-        context = self._context(history, as_of)
-        predict = tree_predictor(booster, compiled=context.n_users >= COMPILE_CUSTOMERS)
-        blocked = context.index.pair_matrix(exclude) if exclude is not None else None
+        context = self.candidate_context(history, as_of, items)
+        return self.rank_lists(context, [Ranking(n, exclude, new_only)], unavailable)[0]
+
+    def rank_lists(
+        self, context: _Context, rankings: list[Ranking], unavailable: Collection[str] = ()
+    ) -> list[pl.DataFrame]:
+        """`rank` for each of `rankings` over candidates generated once (`candidate_context`):
+        a batch's two lists share each chunk's candidate pairs, the costlier half."""
+        check_is_fitted(self, "booster_")
         offered = ~np.isin(context.index.products, list(unavailable))
+        rankers = [
+            (
+                ranking,
+                tree_predictor(
+                    self.booster_new_ if ranking.new_only else self.booster_,
+                    compiled=context.shop.compiled,
+                ),
+                None if ranking.exclude is None else context.index.pair_matrix(ranking.exclude),
+            )
+            for ranking in rankings
+        ]
 
-        def best(pairs: _Pairs) -> tuple[_Pairs, np.ndarray]:
-            keep = offered[pairs.products]
-            if new_only:
-                keep &= pairs.features[:, PAIR_FEATURES.index("own_orders")] == 0
-            if blocked is not None:
-                keep &= ~np.asarray(blocked[pairs.customers, pairs.products]).ravel()
-            pairs = pairs[keep]
-            score = predict(pairs.features)
-            top = _top_within(pairs.customers, score, n)
-            return pairs[top], score[top]
+        def best(pairs: _Pairs) -> list[tuple[_Pairs, np.ndarray]]:
+            found = []
+            for ranking, predict, blocked in rankers:
+                keep = offered[pairs.products]
+                if ranking.new_only:
+                    keep &= pairs.features[:, PAIR_FEATURES.index("own_orders")] == 0
+                if blocked is not None:
+                    keep &= ~np.asarray(blocked[pairs.customers, pairs.products]).ravel()
+                kept = pairs[keep]
+                score = predict(kept.features)
+                top = _top_within(kept.customers, score, ranking.n)
+                found.append((kept[top], score[top]))
+            return found
 
-        picked, scores = zip(*self._chunks(context, best), strict=True)
-        chosen = _Pairs.concat(list(picked))
-        return (
-            context.index.frame(chosen.customers, chosen.products)
-            .with_columns(score=np.concatenate(scores))
-            .group_by("customer_id", maintain_order=True)
-            .agg(products=pl.col("product_id"), scores=pl.col("score"))
-        )
+        chunks = self._chunks(context, best)
+        lists = []
+        for k in range(len(rankings)):
+            chosen = _Pairs.concat([chunk[k][0] for chunk in chunks])
+            lists.append(
+                context.index.frame(chosen.customers, chosen.products)
+                .with_columns(score=np.concatenate([chunk[k][1] for chunk in chunks]))
+                .group_by("customer_id", maintain_order=True)
+                .agg(products=pl.col("product_id"), scores=pl.col("score"))
+            )
+        return lists
 
     @property
     def feature_importances_(self) -> dict[str, float]:

@@ -5,23 +5,34 @@ batch decisions from it through the one policy (`sendwise.policy.decide`).
 registry room, and a champion that does not fit the data is refused in one line;
 `build_snapshot` scores a shop known at T; `score_batch` decides for every customer in it,
 exactly as the API would for each of them with the same context and clock.
+
+At scale a batch is a list of parts: what the whole shop contributes (`shop_context`,
+`score_job`) is computed once, then each part (a bucket of a partitioned shop, on the engine
+seam; or the whole shop) is decided from its own customers' rows alone, so the parts' decisions
+are the whole's; `export_batch` streams them into one file and one logged batch.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import IO
 
 import polars as pl
+import pyarrow.parquet as pq
 
 from sendwise.errors import SendwiseError
 from sendwise.features import builders
-from sendwise.features.shop import Shop
-from sendwise.models.base import COMPILE_ROWS
-from sendwise.models.products import ProductRanker
+from sendwise.features.engine import Engine, Progress, run_buckets
+from sendwise.features.shop import Shop, bucket_dirs, read_bucket
+from sendwise.models.base import COMPILE_ROWS, part_of_batch
+from sendwise.models.products import Items, ProductRanker, Ranking
 from sendwise.models.propensity import PurchasePropensity
 from sendwise.models.sendtime import SendTimeModel
 from sendwise.models.uplift import OfferModel
@@ -29,7 +40,7 @@ from sendwise.policy.config import Settings
 from sendwise.policy.decide import SNAPSHOT_SCHEMA, Context, Snapshot, decide
 from sendwise.store import registry
 from sendwise.store.decisions import DecisionLog
-from sendwise.store.files import atomic_path, frame_path, write_frame_to
+from sendwise.store.files import atomic_path, frame_path, lists_as_json
 from sendwise.store.sends import SendHistory, send_history
 
 log = logging.getLogger(__name__)
@@ -142,55 +153,31 @@ class Champions:
                 )
 
 
-def build_snapshot(
+@dataclass(frozen=True)
+class ShopContext:
+    """What a snapshot of some of a shop's customers (a bucket, or all of them) takes from
+    the whole shop at `as_of`, computed once: every other input is per customer, so the
+    customers' rows come out the same whichever part they are scored in."""
+
+    as_of: datetime
+    settings: Settings
+    timezone: str  # the fallback zone: the shop's most common
+    rows: int  # the shop's customers: sizes tree predictions (`part_of_batch`)
+    out_of_stock: list[str]
+    popular: list[str]
+    trending: list[str]
+    items: Items | None  # the product ranker's shop-wide part; None without one
+
+
+def shop_context(
     champions: Champions, shop: Shop, as_of: datetime, settings: Settings | None = None
-) -> Snapshot:
-    """What the champions say of every customer known at `as_of`: segment, suppression,
-    propensity and its main driver, products, cross-sell, best hours, offer values."""
+) -> ShopContext:
+    """The whole shop's part of every snapshot at `as_of` (one read of its purchases)."""
     settings = settings or Settings()
-    if shop.customers.select(pl.len()).collect().item() >= COMPILE_ROWS:
-        champions.precompile()
-    activity = builders.activity_hours(shop, as_of).collect()
-    features = builders.customer_features(shop, as_of, activity.lazy()).collect()
-    champions.check(features.columns)
-    reasons = champions.propensity.top_reasons(features, k=1, trees=REASON_TREES)[:, 0]
-    groups = features.select("customer_id", group=pl.col("timezone"))
-    lists, popular, trending = _product_lists(champions, shop, as_of, settings)
-    frame = features.select(
-        "customer_id",
-        "timezone",
-        settings.segments.expression(),
-        unsubscribed=(pl.col("unsubscribes_total") > 0) | (pl.col("complaints_total") > 0),
-        bounces=pl.col("bounces_total").cast(pl.Int64),
-        purchase_propensity=pl.Series(champions.propensity.predict_proba(features)),
-        propensity_reason=pl.Series(reasons.tolist(), dtype=pl.String).fill_null("base"),
-        best_hours=pl.Series(champions.sendtime.best_hours(activity, groups, k=3)).cast(
-            pl.List(pl.Int64)
-        ),
-    )
-    frame = frame.join(lists, on="customer_id", how="left", maintain_order="left")
-    frame = frame.select(pl.col(c).cast(t) for c, t in SNAPSHOT_SCHEMA.items())
-    arms: tuple[str, ...] = ()
-    if champions.offer is not None:
-        model = champions.offer
-        values, cost = settings.offers.policy("snapshot").expected_values(
-            model, features.select(model.feature_names)
-        )
-        arms = tuple(model.arms)
-        frame = frame.with_columns(
-            *(pl.Series(f"value_{a}", values[:, k]) for k, a in enumerate(arms)),
-            *(pl.Series(f"cost_{a}", cost[:, k]) for k, a in enumerate(arms)),
-        )
-    return Snapshot(frame, popular, trending, champions.version_label, arms)
-
-
-def _product_lists(
-    champions: Champions, shop: Shop, as_of: datetime, settings: Settings
-) -> tuple[pl.DataFrame, list[str], list[str]]:
-    """Per buyer `products` (everything, repeat purchases included, not just bought unless
-    due) and `cross_sell` (never bought, by the new-item head), both in stock only; and the
-    popular and trending lists cold starts and holdouts get."""
     rules = settings.products
+    rows = shop.customers.select(pl.len()).collect().item()
+    if rows >= COMPILE_ROWS:
+        champions.precompile()
     history = builders.interactions(shop, as_of).collect()
     out_of_stock = (
         shop.products.filter(~pl.col("in_stock").fill_null(True)).collect()["product_id"].to_list()
@@ -198,21 +185,84 @@ def _product_lists(
     popular, trending = popular_and_trending(
         history, as_of, out_of_stock, rules.count, rules.cross_sell, rules.trending_days
     )
+    items = None
+    if champions.products is not None and not history.is_empty():
+        items = champions.products.items(history, as_of)
+    timezone = builders.shop_timezone(shop.until(as_of))
+    return ShopContext(as_of, settings, timezone, rows, out_of_stock, popular, trending, items)
+
+
+def build_snapshot(
+    champions: Champions, shop: Shop, as_of: datetime, settings: Settings | None = None
+) -> Snapshot:
+    """What the champions say of every customer known at `as_of`: segment, suppression,
+    propensity and its main driver, products, cross-sell, best hours, offer values."""
+    return snapshot_of(champions, shop, shop_context(champions, shop, as_of, settings))
+
+
+def snapshot_of(champions: Champions, shop: Shop, context: ShopContext) -> Snapshot:
+    """`build_snapshot` of the customers of `shop` (the whole shop or one bucket of it),
+    with the whole shop's `context`."""
+    as_of, settings = context.as_of, context.settings
+    with part_of_batch(context.rows):
+        activity = builders.activity_hours(shop, as_of, context.timezone).collect()
+        features = builders.customer_features(
+            shop, as_of, activity.lazy(), context.timezone
+        ).collect()
+        champions.check(features.columns)
+        reasons = champions.propensity.top_reasons(features, k=1, trees=REASON_TREES)[:, 0]
+        groups = features.select("customer_id", group=pl.col("timezone"))
+        lists = _product_lists(champions, shop, context)
+        frame = features.select(
+            "customer_id",
+            "timezone",
+            settings.segments.expression(),
+            unsubscribed=(pl.col("unsubscribes_total") > 0) | (pl.col("complaints_total") > 0),
+            bounces=pl.col("bounces_total").cast(pl.Int64),
+            purchase_propensity=pl.Series(champions.propensity.predict_proba(features)),
+            propensity_reason=pl.Series(reasons.tolist(), dtype=pl.String).fill_null("base"),
+            best_hours=pl.Series(champions.sendtime.best_hours(activity, groups, k=3)).cast(
+                pl.List(pl.Int64)
+            ),
+        )
+        frame = frame.join(lists, on="customer_id", how="left", maintain_order="left")
+        frame = frame.select(pl.col(c).cast(t) for c, t in SNAPSHOT_SCHEMA.items())
+        arms: tuple[str, ...] = ()
+        if champions.offer is not None:
+            model = champions.offer
+            values, cost = settings.offers.policy("snapshot").expected_values(
+                model, features.select(model.feature_names)
+            )
+            arms = tuple(model.arms)
+            frame = frame.with_columns(
+                *(pl.Series(f"value_{a}", values[:, k]) for k, a in enumerate(arms)),
+                *(pl.Series(f"cost_{a}", cost[:, k]) for k, a in enumerate(arms)),
+            )
+    return Snapshot(frame, context.popular, context.trending, champions.version_label, arms)
+
+
+def _product_lists(champions: Champions, shop: Shop, context: ShopContext) -> pl.DataFrame:
+    """Per buyer `products` (everything, repeat purchases included, not just bought unless
+    due) and `cross_sell` (never bought, by the new-item head), both in stock only."""
+    rules, as_of = context.settings.products, context.as_of
     empty = pl.DataFrame(schema={"customer_id": pl.String, "products": pl.List(pl.String)})
     model = champions.products
-    if model is None or history.is_empty():
-        return empty.with_columns(cross_sell=pl.lit(None, pl.List(pl.String))), popular, trending
+    history = builders.interactions(shop, as_of).collect()
+    if model is None or context.items is None or history.is_empty():
+        return empty.with_columns(cross_sell=pl.lit(None, pl.List(pl.String)))
     recent = history.filter(
         pl.col("last_ordered_at") > as_of - timedelta(days=rules.recently_bought_days)
     ).select("customer_id", "product_id")
-    ranked = model.rank(history, as_of, n=rules.count, exclude=recent, unavailable=out_of_stock)
-    new = model.rank(
-        history, as_of, n=rules.cross_sell, new_only=True, unavailable=out_of_stock
-    ).select("customer_id", cross_sell="products")
-    lists = ranked.select("customer_id", "products").join(
+    candidates = model.candidate_context(history, as_of, context.items)
+    ranked, new = model.rank_lists(
+        candidates,
+        [Ranking(rules.count, exclude=recent), Ranking(rules.cross_sell, new_only=True)],
+        context.out_of_stock,
+    )
+    new = new.select("customer_id", cross_sell="products")
+    return ranked.select("customer_id", "products").join(
         new, on="customer_id", how="full", coalesce=True
     )
-    return lists, popular, trending
 
 
 def popular_and_trending(
@@ -249,6 +299,114 @@ def popular_and_trending(
     return popular, (rising + fill)[:n_trending]
 
 
+@dataclass(frozen=True)
+class ScoreJob:
+    """A batch's shop-wide part, handed to every bucket: the snapshots' context, whose
+    champions (each worker loads them once), the campaign, the earlier marketing sends the
+    caps count (read once for every customer), and where each bucket writes its decisions."""
+
+    context: ShopContext
+    shop: str
+    versions: dict[str, str | None]
+    campaign: str
+    batch_id: str
+    sent: pl.DataFrame | None  # `customer_id`, `sent_at`; None: no caps
+    staging: Path | None = None  # a directory every engine's workers can write to
+
+
+@dataclass(frozen=True)
+class Part:
+    """One part of a batch as its bucket wrote it: where, and what it holds."""
+
+    path: Path | None  # None: no customers in this part
+    rows: int
+    sends: int
+    holdouts: int
+
+
+@dataclass(frozen=True)
+class Exported:
+    """What `export_batch` wrote and logged."""
+
+    batch_id: str
+    rows: int
+    sends: int
+    holdouts: int
+
+
+_LOADED: dict[tuple[str, str, tuple], Champions] = {}  # per process: once per worker
+
+
+def _key(shop: str, versions: dict[str, str | None]) -> tuple[str, str, tuple]:
+    """Which registry, shop and versions: another store's v1 is another model."""
+    return registry.tracking_uri(), shop, tuple(sorted(versions.items()))
+
+
+def champions_of(shop: str, versions: dict[str, str | None]) -> Champions:
+    """The shop's champions of these versions, loaded once per process (a Dask worker loads
+    them from the registry on its first bucket)."""
+    key = _key(shop, versions)
+    if key not in _LOADED:
+        _LOADED[key] = Champions.load(shop, versions)
+    return _LOADED[key]
+
+
+def score_job(
+    champions: Champions,
+    shop: Shop,
+    as_of: datetime,
+    settings: Settings | None = None,
+    campaign: str = "default",
+    history: SendHistory | None = None,
+    batch_id: str = "batch",
+    staging: Path | None = None,
+) -> ScoreJob:
+    """Everything the whole `shop` contributes to a batch at `as_of`, computed once."""
+    context = shop_context(champions, shop, as_of, settings)
+    versions = {task: champions.versions.get(task) for task in TASKS}
+    _LOADED[_key(champions.shop, versions)] = champions  # this process has them already
+    sent = None
+    windows = context.settings.caps.windows()
+    if history is not None and windows:
+        since = as_of - timedelta(days=windows[-1])
+        everyone = None  # the decision log answers for every customer at once
+        if not isinstance(history, DecisionLog):
+            everyone = builders.known_customers(shop.until(as_of)).collect()["customer_id"]
+        sent = history.sends(everyone, since, campaign)
+    return ScoreJob(context, champions.shop, versions, campaign, batch_id, sent, staging)
+
+
+def decide_part(champions: Champions, shop: Shop, job: ScoreJob) -> pl.DataFrame:
+    """One decision per customer of `shop` (the whole shop, or one bucket of it)."""
+    snapshot = snapshot_of(champions, shop, job.context)
+    recipients = snapshot.frame.select("customer_id")
+    sent = job.sent
+    if sent is not None:
+        sent = sent.filter(pl.col("customer_id").is_in(recipients["customer_id"].implode()))
+    as_of = job.context.as_of
+    context = Context(campaign=job.campaign, now=as_of)
+    return decide(snapshot, recipients, context, job.context.settings, as_of, sent, job.batch_id)
+
+
+def score_bucket(bucket: Path, job: ScoreJob) -> Part:
+    """Decide for one bucket's customers and write them to the job's staging directory: the
+    function the engines run per bucket. The bucket was checked when it was partitioned."""
+    champions = champions_of(job.shop, job.versions)
+    return write_part(
+        decide_part(champions, read_bucket(bucket, validate=False), job), job, bucket.name
+    )
+
+
+def write_part(decisions: pl.DataFrame, job: ScoreJob, name: str) -> Part:
+    if job.staging is None:
+        raise SendwiseError("a part of a batch needs a staging directory to be written to")
+    if decisions.is_empty():
+        return Part(None, 0, 0, 0)
+    path = job.staging / f"{name}.parquet"
+    decisions.write_parquet(path)
+    return Part(path, len(decisions), decisions["send"].sum(), decisions["holdout"].sum())
+
+
 def score_batch(
     champions: Champions,
     shop: Shop,
@@ -260,16 +418,127 @@ def score_batch(
 ) -> pl.DataFrame:
     """One decision per customer known at `as_of`, decided at `as_of` for `campaign`;
     frequency caps count the sends in `history` (none: no caps)."""
-    settings = settings or Settings()
-    snapshot = build_snapshot(champions, shop, as_of, settings)
-    recipients = snapshot.frame.select("customer_id")
-    sent = None
-    windows = settings.caps.windows()
-    if history is not None and windows:
-        since = as_of - timedelta(days=windows[-1])
-        sent = history.sends(recipients["customer_id"].to_list(), since, campaign)
-    context = Context(campaign=campaign, now=as_of)
-    return decide(snapshot, recipients, context, settings, as_of, sent, batch_id)
+    job = score_job(champions, shop, as_of, settings, campaign, history, batch_id)
+    return decide_part(champions, shop, job)
+
+
+def export_batch(
+    champions: Champions,
+    shop: Shop,
+    as_of: datetime,
+    out: Path,
+    settings: Settings | None = None,
+    campaign: str = "default",
+    decision_log: DecisionLog | None = None,
+    engine: Engine | str = Engine.local,
+    scheduler: str | None = None,
+    progress: Progress | None = None,
+) -> Exported:
+    """Batch decisions written to `out` and appended to the decision log, both or neither.
+
+    A bucketed shop is scored bucket by bucket on `engine` (a plain one as one part), each
+    bucket's decisions written to a staging directory beside `out` as it finishes; then the
+    parts are streamed, numbered in order, into the staged file and the log (one
+    transaction), and only then is the file put in place. Memory holds one part at a time.
+    """
+    out = frame_path(out)
+    decision_log = decision_log or DecisionLog()
+    history = send_history(decision_log)
+    batch_id = uuid.uuid4().hex
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.parts.", dir=out.parent))
+    try:
+        job = score_job(champions, shop, as_of, settings, campaign, history, batch_id, staging)
+        buckets = bucket_dirs(shop.directory) if shop.directory is not None else []
+        offers = job.context.settings.offers
+        if (
+            buckets
+            and champions.offer is not None
+            and (offers.max_share or offers.budget is not None)
+        ):
+            raise SendwiseError(
+                "[offers] max_share and budget hold over the whole batch: score this shop "
+                "unpartitioned (bucket by bucket they would hold per bucket)"
+            )
+        if buckets:
+            parts = run_buckets(score_bucket, buckets, job, engine, scheduler, progress)
+        else:
+            parts = [write_part(decide_part(champions, shop, job), job, "whole")]
+            if progress is not None:
+                progress(1)
+        sent = _assemble(parts, out, decision_log, batch_id, as_of)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    history.record_sends(sent, as_of, campaign)
+    return Exported(
+        batch_id,
+        sum(p.rows for p in parts),
+        sum(p.sends for p in parts),
+        sum(p.holdouts for p in parts),
+    )
+
+
+def _assemble(
+    parts: list[Part], out: Path, decision_log: DecisionLog, batch_id: str, as_of: datetime
+) -> list[str]:
+    """The parts, numbered in order, into the staged `out` and the log as one batch; `out`
+    is put in place once the log has them. Returns who was sent a message."""
+    sent: list[str] = []
+    with atomic_path(out) as target, PartWriter(target, out.suffix) as writer:
+
+        def numbered() -> Iterator[pl.DataFrame]:
+            offset = 0
+            for part in parts:
+                if part.path is None:
+                    continue
+                frame = pl.read_parquet(part.path).with_columns(
+                    decision_id=pl.format(
+                        "{}-{}", pl.lit(batch_id), pl.int_range(offset, offset + part.rows)
+                    )
+                )
+                offset += part.rows
+                writer.write(frame)
+                sent.extend(frame.filter("send")["customer_id"].to_list())
+                yield frame
+            writer.close()  # the file is whole before the log commits
+
+        decision_log.append_parts(batch_id, as_of, numbered())
+    return sent
+
+
+class PartWriter:
+    """Frames appended to one Parquet or CSV file, part by part."""
+
+    def __init__(self, path: Path, suffix: str):
+        self.path, self.suffix = path, suffix
+        self._parquet: pq.ParquetWriter | None = None
+        self._csv: IO[bytes] | None = None
+
+    def __enter__(self) -> PartWriter:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def write(self, frame: pl.DataFrame) -> None:
+        if self.suffix == ".parquet":
+            table = frame.to_arrow()
+            if self._parquet is None:
+                self._parquet = pq.ParquetWriter(self.path, table.schema)
+            self._parquet.write_table(table)
+            return
+        first = self._csv is None
+        if first:
+            self._csv = self.path.open("wb")
+        lists_as_json(frame).write_csv(self._csv, include_header=first)
+
+    def close(self) -> None:
+        if self._parquet is not None:
+            self._parquet.close()
+            self._parquet = None
+        if self._csv is not None:
+            self._csv.close()
+            self._csv = None
 
 
 def export_decisions(
@@ -281,15 +550,6 @@ def export_decisions(
     campaign: str = "default",
     decision_log: DecisionLog | None = None,
 ) -> pl.DataFrame:
-    """Batch decisions written to `out` and appended to the decision log, both or neither:
-    the file is staged, the batch logged whole, and only then the file put in place."""
-    out = frame_path(out)
-    decision_log = decision_log or DecisionLog()
-    history = send_history(decision_log)
-    batch_id = uuid.uuid4().hex
-    decisions = score_batch(champions, shop, as_of, settings, campaign, history, batch_id)
-    with atomic_path(out) as staging:
-        write_frame_to(decisions, staging, out.suffix)
-        decision_log.append(batch_id, as_of, decisions)
-    history.record_sends(decisions.filter("send")["customer_id"].to_list(), as_of, campaign)
-    return decisions
+    """`export_batch` of a shop small enough to hold: the decisions, as written to `out`."""
+    export_batch(champions, shop, as_of, out, settings, campaign, decision_log)
+    return pl.read_parquet(out) if frame_path(out).suffix == ".parquet" else pl.read_csv(out)
