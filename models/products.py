@@ -299,7 +299,7 @@ class ProductRanker(Settings):
         *,
         cf_candidates: int = 30,
         popular_candidates: int = 10,
-        als_candidates: int = 20,
+        als_candidates: int = 40,
         als_factors: int = 64,
         neighbours: int = 50,
         n_estimators: int = 200,
