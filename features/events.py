@@ -287,10 +287,3 @@ def _parquet_records(frame: pl.DataFrame, what: str) -> list[dict]:
         }
         for row in frame.to_dicts()
     ]
-
-
-def first_problem(invalid: ValidationError, prefix: str) -> str:
-    """`events.3.properties.product_id: Field required` from pydantic's first error."""
-    problem = invalid.errors(include_url=False)[0]
-    where = ".".join(map(str, (prefix, *problem["loc"])))
-    return f"{where}: {problem['msg']}"

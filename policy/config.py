@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -88,6 +89,11 @@ class CapSettings(Section):
         """Every window (days) any cap counts over, shortest first."""
         days = {*self.per_recipient, *(d for caps in self.per_segment.values() for d in caps)}
         return sorted(days)
+
+    def since(self, now: datetime) -> datetime | None:
+        """How far back the caps look from `now` (the longest window); None: no caps."""
+        windows = self.windows()
+        return now - timedelta(days=windows[-1]) if windows else None
 
 
 class SendTimeSettings(Section):

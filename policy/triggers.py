@@ -43,7 +43,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from .config import TriggersSettings
@@ -342,12 +342,6 @@ class TriggerEngine:
         if gapped:
             c.last_gap_firing = due
         return Firing(trigger, who, subject, due, product)
-
-    def pending(self) -> Iterator[tuple[int, str, str, str | None]]:
-        """(due, customer, trigger, subject) of every live timer."""
-        for due, _, token, who, trigger, subject, _ in self.timers:
-            if self.live.get((who, trigger, subject)) == token:
-                yield due, who, trigger, subject
 
 
 def _bought_since(c: Customer, product: str, since: int) -> bool:

@@ -365,10 +365,8 @@ def score_job(
     context = shop_context(champions, shop, as_of, settings)
     versions = {task: champions.versions.get(task) for task in TASKS}
     _LOADED[_key(champions.shop, versions)] = champions  # this process has them already
-    sent = None
-    windows = context.settings.caps.windows()
-    if history is not None and windows:
-        since = as_of - timedelta(days=windows[-1])
+    sent, since = None, context.settings.caps.since(as_of)
+    if history is not None and since is not None:
         everyone = None  # the decision log answers for every customer at once
         if not isinstance(history, DecisionLog):
             everyone = builders.known_customers(shop.until(as_of)).collect()["customer_id"]

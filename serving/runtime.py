@@ -16,7 +16,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
 
@@ -227,10 +227,8 @@ class Runtime:
             schema={"customer_id": pl.String, "timezone": pl.String, "opted_out": pl.Boolean},
             orient="row",
         )
-        sent = None
-        windows = self.rules.caps.windows()
-        if not context.transactional and windows:
-            since = now - timedelta(days=windows[-1])
+        sent, since = None, self.rules.caps.since(now)
+        if not context.transactional and since is not None:
             sent = self.history.sends(recipients["customer_id"].to_list(), since, context.campaign)
         with self._fresh_lock:
             fresh = self.fresh.columns(recipients["customer_id"], snapshot, micros(now))

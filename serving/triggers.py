@@ -95,10 +95,8 @@ def decide_firings(
             "fired_at",
             lead=pl.when("product").then(pl.concat_list("subject")).otherwise(None),
         )
-        sent = None
-        windows = settings.caps.windows()
-        if history is not None and windows:
-            since = as_time(micros(now) - windows[-1] * 24 * HOUR)
+        sent, since = None, settings.caps.since(now)
+        if history is not None and since is not None:
             sent = history.sends(recipients["customer_id"].to_list(), since, trigger)
         batch_id = uuid.uuid4().hex
         decisions = decide(snapshot, recipients, context, settings, now, sent, batch_id)

@@ -209,14 +209,6 @@ class EventStore:
                 (name, position),
             )
 
-    def ping(self) -> bool:
-        try:
-            with self.engine.connect() as connection:
-                connection.exec_driver_sql("SELECT 1")
-            return True
-        except sa.exc.SQLAlchemyError:
-            return False
-
     def close(self) -> None:
         self.engine.dispose()
 
