@@ -15,8 +15,9 @@ from pathlib import Path
 import psutil
 
 
-def run_cli(args: list[str], env: dict | None = None) -> dict:
-    """Wall seconds, the child's peak RSS (MiB) and its stdout; raises if it fails.
+def run_cli(args: list[str], env: dict | None = None, check: bool = True) -> dict:
+    """Wall seconds, the child's peak RSS (MiB), its stdout and exit code; raises if it fails
+    (unless `check` is false: a refusal may be an answer, as `promote`'s is).
 
     Output goes to temporary files, not pipes, so a chatty child can never block on a full pipe
     while we wait for its resource usage.
@@ -30,12 +31,14 @@ def run_cli(args: list[str], env: dict | None = None) -> dict:
         wall = time.perf_counter() - started
         out.seek(0)
         err.seek(0)
-        if os.waitstatus_to_exitcode(status) != 0:
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0 and check:
             raise RuntimeError(f"sendwise {' '.join(args)} failed: {err.read().decode()[-2000:]}")
         return {
             "wall_s": round(wall, 2),
             "peak_rss_mib": round(usage.ru_maxrss / 1024),
             "stdout": " ".join(out.read().decode().split()),
+            "exit_code": code,
         }
 
 

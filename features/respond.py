@@ -23,14 +23,19 @@ next full hour (the report's would-be send time):
 - **Mail-driven purchase**: e = c * buy_after_click, one unit of the first listed product.
 - **Offer-driven purchase** (sent only): u = the planted `true_uplift_<offer>` (0 for `none`
   and for arms the truth does not know), a basket like the baseline's.
+- **Trigger pull** (sent triggered mail only): t = o * `trigger_pull[trigger]`, one unit of
+  the first listed product, which for a trigger is its subject (the carted, the viewed, the
+  product back in stock): the intent behind the trigger, so what each trigger earns differs
+  and each trigger holdout has its own planted value.
 - **Offer cost**: an `N_off` offer takes N% off every order the recipient places in the window,
   including those they would have placed anyway (free shipping costs the shop, not the
   order's value).
 - **Unsubscribe** (sent only): min(unsubscribe_max, unsubscribe_base + unsubscribe_per_send *
   r), r = the customer's sends in the `fatigue_days` before this one (the shop's and the
   decisions').
-The three purchase routes are independent draws, each its own order, so P(convert) = 1 - (1 -
-b)(1 - e)(1 - u) and E[revenue] = (1 - discount) (b basket + e price + u basket) exactly.
+The four purchase routes are independent draws, each its own order, so P(convert) = 1 - (1 -
+b)(1 - e)(1 - u)(1 - t) and E[revenue] = (1 - discount) (b basket + (e + t) price + u basket)
+exactly.
 
 **Planted values.** For every comparison the campaign report makes, the expected value of its
 estimate given who fell in which group, computed from the probabilities above, not from draws.
@@ -62,7 +67,7 @@ import logging
 import os
 import re
 import shutil
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -108,6 +113,22 @@ class ResponseModel:
     unsubscribe_per_send: float = 0.004  # more per send in the last `fatigue_days`
     unsubscribe_max: float = 0.5
     fatigue_days: int = 7
+    # P(buy the trigger's subject | human open of its mail), by trigger: a cart pulls hardest,
+    # a welcome or a win-back least
+    trigger_pull: dict[str, float] = field(
+        default_factory=lambda: {
+            "cart_abandoned": 0.20,
+            "browse_abandoned": 0.06,
+            "search_abandoned": 0.04,
+            "price_drop": 0.10,
+            "back_in_stock": 0.15,
+            "low_stock": 0.08,
+            "replenishment_due": 0.12,
+            "review_request": 0.0,
+            "welcome": 0.03,
+            "win_back": 0.02,
+        }
+    )
 
 
 @dataclass(frozen=True)
@@ -166,6 +187,33 @@ def click_probability(model: ResponseModel) -> pl.Expr:
 def unsubscribe_probability(model: ResponseModel) -> pl.Expr:
     chance = model.unsubscribe_base + model.unsubscribe_per_send * pl.col("recent_sends")
     return pl.when(pl.col("send") & pl.col("known")).then(chance.clip(0, model.unsubscribe_max))
+
+
+def trigger_pull(decisions: pl.DataFrame, model: ResponseModel) -> pl.Expr:
+    """P(buying the trigger's subject) of a sent triggered mail; 0 for a campaign's."""
+    if "trigger" not in decisions.columns:
+        return pl.lit(0.0)
+    pull = (
+        pl.col("trigger")
+        .cast(pl.String)
+        .replace_strict(model.trigger_pull, default=0.0, return_dtype=pl.Float64)
+    )
+    return (
+        pl.when(pl.col("send") & pl.col("known"))
+        .then(pl.col("p_open") * pull)
+        .otherwise(0.0)
+        .fill_null(0.0)
+    )
+
+
+PURCHASES = ["p_baseline", "p_mail_buy", "p_offer_buy", "p_trigger_buy"]
+
+
+def gross_revenue() -> pl.Expr:
+    """Expected revenue at full price: baskets for the own and the offer's orders, the first
+    listed product for those the mail or the trigger brought."""
+    basket = (pl.col("p_baseline") + pl.col("p_offer_buy")) * pl.col("basket_value")
+    return basket + (pl.col("p_mail_buy") + pl.col("p_trigger_buy")) * pl.col("first_price")
 
 
 def conversion(buy: list[str]) -> pl.Expr:
@@ -236,6 +284,7 @@ def expectations(
 ) -> pl.DataFrame:
     """Each decision (its columns, in order) with its planted probabilities and expected
     outcomes: `p_open`, `p_click`, `p_unsubscribe`, `p_baseline`, `p_mail_buy`, `p_offer_buy`,
+    `p_trigger_buy`,
     `expected_conversion`, `expected_revenue`, the same two had it not been mailed
     (`unmailed_conversion`, `unmailed_revenue`), and what the mail added per report metric
     (`lift_<metric>`)."""
@@ -308,7 +357,9 @@ def expectations(
             .then(uplift.fill_null(0.0))
             .otherwise(0.0),
         )
-        .with_columns(p_click=click_probability(model))
+        .with_columns(
+            p_click=click_probability(model), p_trigger_buy=trigger_pull(decisions, model)
+        )
         .with_columns(
             p_mail_buy=(pl.col("p_click") * model.buy_after_click).fill_null(0.0),
             first_price=pl.coalesce("first_price", "basket_value"),
@@ -316,12 +367,8 @@ def expectations(
             p_baseline=pl.when(pl.col("known")).then(pl.col("p_baseline")).otherwise(0.0),
         )
         .with_columns(
-            expected_conversion=conversion(["p_baseline", "p_mail_buy", "p_offer_buy"]),
-            expected_revenue=(1 - pl.col("discount"))
-            * (
-                (pl.col("p_baseline") + pl.col("p_offer_buy")) * pl.col("basket_value")
-                + pl.col("p_mail_buy") * pl.col("first_price")
-            ),
+            expected_conversion=conversion(PURCHASES),
+            expected_revenue=(1 - pl.col("discount")) * gross_revenue(),
             unmailed_conversion=pl.col("p_baseline"),
             unmailed_revenue=pl.col("p_baseline") * pl.col("basket_value"),
         )
@@ -393,6 +440,7 @@ def respond(
     rng = np.random.default_rng(seed)
     n = frame.height
     u = rng.random((n, 16))
+    pulled = rng.random((n, 2))  # drawn after `u`, so its draws stay those of shops without
 
     def column(name: str) -> np.ndarray:
         return frame[name].fill_null(0).to_numpy()
@@ -408,6 +456,7 @@ def respond(
     mail_buy = clicked & (u[:, 2] < model.buy_after_click)
     base_buy = known & (u[:, 3] < column("p_baseline"))
     offer_buy = sent & (u[:, 4] < column("p_offer_buy"))
+    trigger_buy = opened & (pulled[:, 0] * p_open < column("p_trigger_buy"))
     unsubscribed = sent & (u[:, 5] < column("p_unsubscribe"))
     machine = sent & column("machine_opener").astype(bool)
 
@@ -429,6 +478,7 @@ def respond(
     }
     times["click"] = _after(times["open"], -np.log1p(-u[:, 12]) * 3 / 60) + 10 * SECOND_US
     times["mail"] = _after(times["click"], (2 + 58 * u[:, 13]) / 60)
+    times["trigger"] = _after(times["open"], (2 + 118 * pulled[:, 1]) / 60)
     times = {k: np.minimum(v, end) for k, v in times.items()}
 
     ids = frame["customer_id"]
@@ -476,6 +526,8 @@ def respond(
          column("first_price")),
         (offer_buy, "o", times["offer"], catalogue["product_id"].gather(picks["o"]),
          catalogue["price"].to_numpy()[picks["o"]]),
+        (trigger_buy, "t", times["trigger"], frame["first_product"].cast(pl.String),
+         column("first_price")),
     ]  # fmt: skip
     discount = column("discount")
     orders = pl.concat(
@@ -504,6 +556,7 @@ def respond(
         "orders": orders.height,
         "mail_orders": int(mail_buy.sum()),
         "offer_orders": int(offer_buy.sum()),
+        "trigger_orders": int(trigger_buy.sum()),
         "baseline_orders": int(base_buy.sum()),
     }
     expected = frame.drop("_row", "_zone")
@@ -724,10 +777,8 @@ def planted_profit(expected: pl.DataFrame, margin: float, per_order: dict[str, f
     on the planted truth without drawing responses. The shop keeps `margin` of an order's
     full price, gives the offer's discount off every order in the window (those it would
     have had anyway included) and pays `per_order[offer]` (free shipping) per order."""
-    gross = (pl.col("p_baseline") + pl.col("p_offer_buy")) * pl.col("basket_value") + pl.col(
-        "p_mail_buy"
-    ) * pl.col("first_price")
-    orders = pl.col("p_baseline") + pl.col("p_mail_buy") + pl.col("p_offer_buy")
+    gross = gross_revenue()
+    orders = pl.sum_horizontal(PURCHASES)
     fee = pl.col("offer").replace_strict(per_order, default=0.0, return_dtype=pl.Float64)
     paid = pl.when(pl.col("send")).then(fee.fill_null(0.0) * orders).otherwise(0.0)
     profit = (margin - pl.col("discount")) * gross - paid - margin * pl.col("unmailed_revenue")

@@ -582,7 +582,10 @@ def quiet_hours(hours: np.ndarray, start: int, end: int) -> np.ndarray:
 
 def once_per_batch(batch: Batch) -> None:
     """A customer repeated in one batch is decided once: the first; the repeats do not send."""
-    repeat = ~batch.ids.is_first_distinct().to_numpy()
+    if batch.ids.n_unique() == len(batch):  # the usual batch: skip the per-row look
+        repeat = np.zeros(len(batch), bool)
+    else:
+        repeat = ~batch.ids.is_first_distinct().to_numpy()
     batch.send = batch.send & ~repeat
     batch.reasons["r_duplicate"] = np.where(repeat, "duplicate_in_batch", "")
     batch.send_at = np.where(repeat, -1, batch.send_at)
@@ -611,7 +614,7 @@ def finish(batch: Batch, snapshot: Snapshot, context: Context, batch_id: str) ->
     batch.reasons["r_products"] = np.where(
         batch.popular_products, "cold_start_popular", "personal_products"
     )
-    lists = snapshot.lists[batch.at]
+    lists = snapshot.lists.gather(batch.at)
     held = batch.holdout_kind == "products"
     if held.any():
         lists = lists.with_columns(

@@ -236,7 +236,7 @@ class Runtime:
             recipients = recipients.with_columns(**fresh)
         decisions = decide(snapshot, recipients, context, self.rules, now, sent, batch_id)
         self.log.append(batch_id, now, decisions)
-        if not context.transactional:  # a no-op where the log is the history
+        if not context.transactional and self.history is not self.log:  # else the log is it
             sending = decisions.filter("send")["customer_id"].to_list()
             self.history.record_sends(sending, now, context.campaign)
         return {"batch_id": batch_id, "logged": True, "decisions": decisions}

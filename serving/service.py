@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from urllib.parse import parse_qsl
 
 import bentoml
+import numpy as np
 from prometheus_client import Counter as PrometheusCounter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
@@ -371,8 +372,10 @@ class Sendwise:
     def serve_json(self, request: DecideRequest) -> bytes:
         answer = self.runtime.serve(request)
         decisions = answer["decisions"]
-        for send, holdout, n in decisions.group_by("send", "holdout").len().iter_rows():
-            decisions_served.labels(send=send, holdout=holdout).inc(n)
+        send, holdout = decisions["send"].to_numpy(), decisions["holdout"].to_numpy()
+        for sent, held in ((True, False), (True, True), (False, True), (False, False)):
+            if n := int(np.count_nonzero((send == sent) & (holdout == held))):
+                decisions_served.labels(send=sent, holdout=held).inc(n)
         return answer_json(answer["batch_id"], decisions)
 
     @bentoml.api(route="/decide")

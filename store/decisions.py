@@ -16,7 +16,6 @@ from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 import sqlalchemy as sa
 
@@ -94,6 +93,7 @@ sends = sa.Table(
 KEEP_SENDS = timedelta(days=90)  # a campaign name sent again after this counts anew
 
 COLUMNS = [c.name for c in decisions.columns]
+SENT_AT = pl.Datetime("us", "UTC")
 LISTS = {
     "products": pl.String,
     "cross_sell": pl.String,
@@ -208,13 +208,10 @@ class DecisionLog:
             for rows in parts:
                 if not len(rows):
                     continue
-                values = self._driver_values(
-                    rows.with_columns(batch_id=pl.lit(batch_id), decided_at=pl.lit(decided_at))
-                )
+                values = self._driver_values(rows, batch_id, at)
                 size += len(rows)
                 versions, campaign = rows["model_versions"][0], rows["campaign"][0]
-                marketing = (rows["send"] & ~rows["transactional"]).to_numpy()
-                sent = np.asarray(rows["customer_id"].to_list(), dtype=object)[marketing]
+                sent = rows.filter(pl.col("send") & ~pl.col("transactional"))["customer_id"]
                 # one driver-level executemany: a thousand rows in a few milliseconds
                 connection.exec_driver_sql(self._insert_sql, values)
                 if len(sent):
@@ -257,12 +254,17 @@ class DecisionLog:
             naive.isoformat(" ", "microseconds") if self.engine.dialect.name == "sqlite" else naive
         )
 
-    def _driver_values(self, frame: pl.DataFrame) -> list[tuple]:
-        """Rows as the driver takes them, in one select (`_stored`)."""
-        return frame.select(self._stored).rows()
+    def _driver_values(self, frame: pl.DataFrame, batch_id: str, at: datetime | str) -> list[tuple]:
+        """Rows as the driver takes them, in one select (`_stored`), with the batch's id
+        and time (`_driver_time`)."""
+        per_batch = {
+            "batch_id": pl.lit(batch_id).alias("batch_id"),
+            "decided_at": pl.lit(at).alias("decided_at"),
+        }
+        return frame.select(per_batch.get(name, stored) for name, stored in self._stored).rows()
 
     @cached_property
-    def _stored(self) -> list[pl.Expr]:
+    def _stored(self) -> list[tuple[str, pl.Expr]]:
         """Each column as the driver takes it: lists as JSON text, times as `UTCDateTime`
         stores them (naive UTC; on SQLite, the text SQLAlchemy writes, since comparisons
         there are on that text). Built once: building costs more than running."""
@@ -276,7 +278,7 @@ class DecisionLog:
             naive = pl.col(column.name).dt.convert_time_zone("UTC").dt.replace_time_zone(None)
             return naive.dt.strftime("%Y-%m-%d %H:%M:%S.%6f") if sqlite else naive
 
-        return [stored(column) for column in decisions.columns]
+        return [(column.name, stored(column)) for column in decisions.columns]
 
     def sends(
         self, customer_ids: Iterable[str] | None, since: datetime, campaign: str
@@ -301,6 +303,8 @@ class DecisionLog:
                 params.append(ids)
         with self.engine.connect() as connection:
             found = connection.exec_driver_sql(sql, tuple(params)).all()
+        if not found:  # the usual answer to one recipient: no query plan for it
+            return pl.DataFrame(schema={"customer_id": pl.String, "sent_at": SENT_AT})
         frame = pl.DataFrame(found, schema=["customer_id", "sent_at"], orient="row")
         sent_at = pl.col("sent_at")
         if self.engine.dialect.name == "sqlite":  # the text `_driver_time` writes

@@ -12,11 +12,13 @@ columns the shop's data do not have is refused before anything is scored.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 
 from sendwise.errors import SendwiseError
 from sendwise.features import builders
@@ -24,18 +26,21 @@ from sendwise.features.experiment import (
     Experiment,
     ExperimentSpec,
     campaign_experiment,
+    logged_experiment,
     read_experiment,
 )
 from sendwise.features.shop import Shop, read_shop
 from sendwise.models.base import ModelFitError
 from sendwise.models.uplift import OfferModel
 from sendwise.store import registry
+from sendwise.store.decisions import DecisionLog
 
 from .backtest import PRIMARY_METRIC
 from .offers import fit_offer, split, uplift_metrics
 from .train import validate
 
 SHOWN_MISSING = 5  # missing columns named in a message
+LOGGED = re.compile(r"decision log \((.+)\)")  # the source `logged_experiment` names
 
 
 @dataclass(frozen=True)
@@ -190,11 +195,15 @@ def _experiment_of(shop: str, version, given: Shop | None) -> Experiment:
         if not path.is_file():
             raise SendwiseError(f"{path}: the offer challenger's experiment file is gone")
         return replace(read_experiment(path, ExperimentSpec(**spec)), shop=shop)
-    campaign = tags.get("experiment", "").removeprefix("campaign ")
+    source = tags.get("experiment", "")
     data = shop_data(shop, version, given)
-    return campaign_experiment(
-        data, campaign, int(tags.get("window_days", 14)), spec.get("outcome", "conversion")
-    )
+    window_days, outcome = int(tags.get("window_days", 14)), spec.get("outcome", "conversion")
+    if logged := LOGGED.fullmatch(source):  # `train offer --from-log`: the log, read again
+        campaigns = logged.group(1).split(", ")
+        decisions = DecisionLog().read().filter(pl.col("campaign").is_in(campaigns))
+        return logged_experiment(data, decisions, window_days, outcome)
+    campaign = source.removeprefix("campaign ")
+    return campaign_experiment(data, campaign, window_days, outcome)
 
 
 def _offer_figures(shop: str, challenger, champion, given: Shop | None):
