@@ -385,7 +385,9 @@ def test_report_campaign_command_writes_the_page_and_the_figures(tmp_path, monke
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
-def test_an_exported_decisions_file_gives_the_same_report_as_the_log(tmp_path, monkeypatch, capsys, suffix):
+def test_an_exported_decisions_file_gives_the_same_report_as_the_log(
+    tmp_path, monkeypatch, capsys, suffix
+):
     """Nothing depends on the log itself: its export (lists as JSON in CSV) and the shop's
     tables, appended to by anyone, give the very same figures."""
     from sendwise.cli.main import main
@@ -396,7 +398,21 @@ def test_an_exported_decisions_file_gives_the_same_report_as_the_log(tmp_path, m
     assert main(["decisions", "export", "--out", str(exported)]) == 0
     args = ["report", "campaign", "--shop", str(tmp_path / "shop"), "--campaign", "june"]
     assert main([*args, "--out", str(tmp_path / "a.html"), "--json", str(tmp_path / "a.json")]) == 0
-    assert main([*args, "--decisions", str(exported), "--out", str(tmp_path / "b.html"), "--json", str(tmp_path / "b.json")]) == 0
+    assert (
+        main(
+            [
+                *args,
+                "--decisions",
+                str(exported),
+                "--out",
+                str(tmp_path / "b.html"),
+                "--json",
+                str(tmp_path / "b.json"),
+            ]
+        )
+        == 0
+    )
+
     def rounded(value):  # sums in another order differ in the last bits, nothing more
         if isinstance(value, float):
             return float(f"{value:.12g}")

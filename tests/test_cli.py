@@ -124,18 +124,22 @@ def test_backtest_writes_json_beside_the_table(simulated, tmp_path):
     assert rows["sendwise"]["hit@3"] > rows["shop_best_hours"]["hit@3"]
 
 
-def test_promote_without_a_challenger_says_so_and_fails(tmp_path, monkeypatch, capsys):
+def test_promote_without_a_challenger_says_so_and_fails(tmp_path, monkeypatch, capsys, new_store):
     from sendwise.cli.main import main
 
+    new_store(tmp_path)  # an empty MLflow store at tmp_path / "mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setenv("SENDWISE_HOME", str(tmp_path))
     assert main(["promote", "propensity"]) == 1
     assert "has no challenger" in capsys.readouterr().out
 
 
-def test_score_without_champions_is_one_clear_line(simulated, tmp_path, monkeypatch, capsys):
+def test_score_without_champions_is_one_clear_line(
+    simulated, tmp_path, monkeypatch, capsys, new_store
+):
     from sendwise.cli.main import main
 
+    new_store(tmp_path)  # an empty MLflow store at tmp_path / "mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setenv("SENDWISE_HOME", str(tmp_path))
     code = main(

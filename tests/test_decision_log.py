@@ -83,12 +83,19 @@ def test_send_history_counts_each_other_campaign_once(log):
     log.append("b4", T0 + timedelta(days=1), batch("receipt", decision(5, "a", transactional=True)))
     log.append("b5", T0 - timedelta(days=30), batch("old", decision(6, "a")))
     sends = log.sends(["a", "b", "z"], T0 - timedelta(days=7), campaign="c3")
-    assert sorted(sends.filter(pl.col("customer_id") == "a")["sent_at"]) == [T0, T0 + timedelta(days=1)]
+    assert sorted(sends.filter(pl.col("customer_id") == "a")["sent_at"]) == [
+        T0,
+        T0 + timedelta(days=1),
+    ]
     assert set(sends["customer_id"]) == {"a"}  # b was held out, z never sent to
     assert len(log.sends(["a"], T0 - timedelta(days=7), campaign="c2")) == 1  # not itself
     # a whole shop's recipients: one scan, the same answer
     many = [f"x{i}" for i in range(20_000)] + ["a"]
-    assert log.sends(many, T0 - timedelta(days=7), campaign="c3").sort("sent_at").equals(sends.sort("sent_at"))
+    assert (
+        log.sends(many, T0 - timedelta(days=7), campaign="c3")
+        .sort("sent_at")
+        .equals(sends.sort("sent_at"))
+    )
 
 
 def test_a_campaign_name_sent_again_after_90_days_counts_anew(log):

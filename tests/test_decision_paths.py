@@ -18,13 +18,9 @@ AS_OF = parse_as_of("2026-05-31")
 
 
 @pytest.fixture(scope="module")
-def registry_env(simulated, simulated_shop, tmp_path_factory):
+def registry_env(simulated, simulated_shop, tmp_path_factory, new_store):
     root = tmp_path_factory.mktemp("paths")
-    env = {
-        "SENDWISE_HOME": str(root / "home"),
-        "SENDWISE_ARTIFACTS": str(root / "artifacts"),
-        "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
-    }
+    env = new_store(root)
     with pytest.MonkeyPatch.context() as patch:
         for name, value in env.items():
             patch.setenv(name, value)
@@ -38,17 +34,25 @@ def test_batch_and_api_answer_the_same_for_the_same_context_and_clock(
 ):
     batch = score_batch(Champions.load(simulated_shop.name), simulated_shop, AS_OF, campaign="june")
     runtime = Runtime(
-        ServeSettings(simulated[0], AS_OF), decision_log=DecisionLog(f"sqlite:///{tmp_path / 'l.db'}")
+        ServeSettings(simulated[0], AS_OF),
+        decision_log=DecisionLog(f"sqlite:///{tmp_path / 'l.db'}"),
     )
     sample = batch.sample(400, seed=1)["customer_id"].to_list()
     answer = runtime.serve(
         DecideRequest.model_validate(
-            {"recipients": [{"customer_id": c} for c in sample], "context": {"campaign": "june", "now": AS_OF.isoformat()}}
+            {
+                "recipients": [{"customer_id": c} for c in sample],
+                "context": {"campaign": "june", "now": AS_OF.isoformat()},
+            }
         )
     )
     api = pl.DataFrame(answer["decisions"]).drop("decision_id")
     expected = batch.filter(pl.col("customer_id").is_in(sample)).drop("decision_id")
-    expected = expected.join(pl.DataFrame({"customer_id": sample}).with_row_index("i"), on="customer_id").sort("i").drop("i")
+    expected = (
+        expected.join(pl.DataFrame({"customer_id": sample}).with_row_index("i"), on="customer_id")
+        .sort("i")
+        .drop("i")
+    )
     assert api.columns == expected.columns
     for column in api.columns:
         assert api[column].to_list() == expected[column].to_list(), column
@@ -56,9 +60,14 @@ def test_batch_and_api_answer_the_same_for_the_same_context_and_clock(
     assert expected["send"].any() and expected["holdout"].sum() > 0
     assert expected["cross_sell"].list.len().min() > 0
     personal = expected.filter(pl.col("reasons").list.contains("personal_products"))
-    bought = simulated_shop.until(AS_OF).orders.collect().select("customer_id", "product_id").unique()
+    bought = (
+        simulated_shop.until(AS_OF).orders.collect().select("customer_id", "product_id").unique()
+    )
     repeat = personal.explode("cross_sell").join(
-        bought, left_on=["customer_id", "cross_sell"], right_on=["customer_id", "product_id"], how="semi"
+        bought,
+        left_on=["customer_id", "cross_sell"],
+        right_on=["customer_id", "product_id"],
+        how="semi",
     )
     assert repeat.is_empty(), "cross_sell holds only products the customer never bought"
     assert runtime.log.count() == 400
@@ -77,11 +86,20 @@ def test_score_logs_its_batch_and_a_config_changes_it(registry_env, simulated, t
     written, logged = pl.read_parquet(out), pl.read_parquet(exported)
     assert logged["decision_id"].to_list() == written["decision_id"].to_list()
     assert logged["products"].to_list() == written["products"].to_list()
-    eligible = logged.filter(~pl.col("reasons").list.eval(pl.element().str.starts_with("suppressed_")).list.any())
+    eligible = logged.filter(
+        ~pl.col("reasons").list.eval(pl.element().str.starts_with("suppressed_")).list.any()
+    )
     held = eligible.filter(pl.col("holdout_kind") == "global")
     assert len(held) / len(eligible) == pytest.approx(0.5, abs=0.04)
     assert (held["probability"] == 0.5).all() and not held["send"].any()
-    assert set(logged.columns) >= {"batch_id", "decided_at", "campaign", "trigger", "holdout_kind", "cross_sell"}
+    assert set(logged.columns) >= {
+        "batch_id",
+        "decided_at",
+        "campaign",
+        "trigger",
+        "holdout_kind",
+        "cross_sell",
+    }
     # with the default rules, 2% global; a second campaign is capped by the first (1 a day)
     assert main([*args, "--campaign", "summer"]) == 0
     main(["decisions", "export", "--out", str(exported), "--campaign", "summer"])
@@ -94,7 +112,19 @@ def test_score_logs_its_batch_and_a_config_changes_it(registry_env, simulated, t
 
 def test_a_failed_export_logs_nothing(registry_env, simulated, tmp_path, capsys):
     bad = tmp_path / "decisions.json"
-    code = main(["score", "--shop", str(simulated[0]), "--as-of", "2026-05-31", "--out", str(bad), "--campaign", "never"])
+    code = main(
+        [
+            "score",
+            "--shop",
+            str(simulated[0]),
+            "--as-of",
+            "2026-05-31",
+            "--out",
+            str(bad),
+            "--campaign",
+            "never",
+        ]
+    )
     assert code == 1 and "must end in .parquet or .csv" in capsys.readouterr().err
     main(["decisions", "export", "--out", str(tmp_path / "x.csv"), "--campaign", "never"])
     assert pl.read_csv(tmp_path / "x.csv").is_empty()

@@ -7,12 +7,12 @@ import lightgbm as lgb
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from champions import fitted  # tests/champions.py: one fit a session for the same inputs
 
 from sendwise.features import builders
 from sendwise.features.clock import parse_as_of
 from sendwise.models import products
 from sendwise.models.base import matrix, tree_predictor
-from sendwise.training.backtest import fit_products
 
 AS_OF = parse_as_of("2026-05-31")
 RNG = np.random.default_rng(7)
@@ -37,7 +37,7 @@ def test_compiled_trees_predict_as_lightgbm(simulated_shop, objective):
 
 def test_ranking_with_compiled_trees_matches_lightgbm(simulated_shop, monkeypatch):
     history = builders.interactions(simulated_shop, AS_OF).collect()
-    ranker = fit_products(simulated_shop, AS_OF, 30, n_estimators=20)
+    ranker = fitted("crosssell", simulated_shop, AS_OF, n_estimators=20)  # fit_products
     plain = ranker.rank(history, AS_OF)
     monkeypatch.setattr(products, "COMPILE_CUSTOMERS", 0)
     compiled = ranker.rank(history, AS_OF)

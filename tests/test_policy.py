@@ -68,7 +68,11 @@ def send_at_by_brute_force(hours, zone, start, end, quiet, fallback):
     first += timedelta(hours=1) if first < start else timedelta(0)
     slots = [first + timedelta(hours=h) for h in range(8 * 24 + 1)]
     slots = [t for t in slots if t <= end]
-    allowed = [t for t in slots if not quiet_hours(np.array([t.astimezone(ZoneInfo(zone)).hour]), *quiet)[0]]
+    allowed = [
+        t
+        for t in slots
+        if not quiet_hours(np.array([t.astimezone(ZoneInfo(zone)).hour]), *quiet)[0]
+    ]
     for hour in [*hours, fallback]:
         for t in allowed:
             if t.astimezone(ZoneInfo(zone)).hour == hour:
@@ -86,11 +90,17 @@ def test_send_times_match_the_rule_read_literally():
         start = NOW + timedelta(minutes=int(rng.integers(0, 60 * 24 * 30)))
         end = start + timedelta(hours=int(rng.integers(1, 24 * 9)))
         quiet = (int(rng.integers(0, 24)), int(rng.integers(0, 24)))
-        frame = snap.frame.filter(pl.col("customer_id") == "a").with_columns(best_hours=pl.Series([hours], dtype=pl.List(pl.Int64)))
+        frame = snap.frame.filter(pl.col("customer_id") == "a").with_columns(
+            best_hours=pl.Series([hours], dtype=pl.List(pl.Int64))
+        )
         one = Snapshot(frame, [], [], "v")
         settings = Settings.model_validate(NO_HOLDOUTS)
-        context = Context(window_start=start, window_end=end, quiet_start=quiet[0], quiet_end=quiet[1], now=start)
-        got = decide(one, pl.DataFrame({"customer_id": ["a"], "timezone": [zone]}), context, settings, start)
+        context = Context(
+            window_start=start, window_end=end, quiet_start=quiet[0], quiet_end=quiet[1], now=start
+        )
+        got = decide(
+            one, pl.DataFrame({"customer_id": ["a"], "timezone": [zone]}), context, settings, start
+        )
         expected = send_at_by_brute_force(hours, zone, start, end, quiet, 10)
         assert got["send_at"][0] == expected, (zone, hours, start, end, quiet)
         assert got["send"][0] == (expected is not None)
@@ -98,7 +108,11 @@ def test_send_times_match_the_rule_read_literally():
 
 def test_send_time_honours_zone_window_and_quiet_hours():
     window = {"window_start": NOW.isoformat(), "window_end": "2026-06-03T00:00:00Z"}
-    a, b = ask(snapshot(), [{"customer_id": "a"}, {"customer_id": "b", "timezone": "Europe/Berlin"}], **window)
+    a, b = ask(
+        snapshot(),
+        [{"customer_id": "a"}, {"customer_id": "b", "timezone": "Europe/Berlin"}],
+        **window,
+    )
     # 7 is quiet (before 8), so 19:00 New York local, the same day
     assert a["send_at"].astimezone(ZoneInfo("America/New_York")).hour == 19 and a["send_at"] > NOW
     assert "sendtime_personal" in a["reasons"]
@@ -110,7 +124,12 @@ def test_send_time_honours_zone_window_and_quiet_hours():
 def test_known_unknown_opted_out_and_bounced_recipients():
     a, new, b, x = ask(
         snapshot(),
-        [{"customer_id": "a", "timezone": "Europe/London"}, {"customer_id": "zz-new"}, {"customer_id": "b", "opted_out": True}, {"customer_id": "x"}],
+        [
+            {"customer_id": "a", "timezone": "Europe/London"},
+            {"customer_id": "zz-new"},
+            {"customer_id": "b", "opted_out": True},
+            {"customer_id": "x"},
+        ],
         offers=["none", "free_shipping"],
     )
     assert a["send"] and a["products"] == ["p1", "p2"] and a["cross_sell"] == ["n1"]
@@ -135,7 +154,10 @@ def test_unsubscribed_get_transactional_mail_only_and_bounced_none():
 
 
 def test_a_customer_repeated_in_one_batch_is_decided_once():
-    decided = ask(snapshot(), [{"customer_id": "a"}, {"customer_id": "zz"}, {"customer_id": "a"}, {"customer_id": "zz"}])
+    decided = ask(
+        snapshot(),
+        [{"customer_id": "a"}, {"customer_id": "zz"}, {"customer_id": "a"}, {"customer_id": "zz"}],
+    )
     assert [d["send"] for d in decided] == [True, True, False, False]
     assert all("duplicate_in_batch" in d["reasons"] for d in decided[2:])
     assert decided[2]["send_at"] is None and not decided[2]["holdout"]
@@ -150,13 +172,17 @@ def test_holdouts_are_deterministic_and_at_their_rates():
     held = [d["holdout"] for d in first]
     assert held == [d["holdout"] for d in again] and held != [d["holdout"] for d in other]
     assert sum(held) / len(held) == pytest.approx(1 - 0.98 * 0.95, abs=0.01)
-    assert all(not d["send"] and d["holdout_kind"] in ("global", "campaign") for d in first if d["holdout"])
+    assert all(
+        not d["send"] and d["holdout_kind"] in ("global", "campaign") for d in first if d["holdout"]
+    )
     globals_ = {d["customer_id"] for d in first if d["holdout_kind"] == "global"}
     assert globals_ == {d["customer_id"] for d in other if d["holdout_kind"] == "global"}
 
 
 def test_feature_holdouts_share_one_draw_with_logged_probabilities():
-    settings = Settings.model_validate({"holdouts": {"global": 0, "campaign": 0, "products": 0.2, "sendtime": 0.3}})
+    settings = Settings.model_validate(
+        {"holdouts": {"global": 0, "campaign": 0, "products": 0.2, "sendtime": 0.3}}
+    )
     snap = snapshot(3000)
     ids = [{"customer_id": f"a{i}" if i else "a"} for i in range(3000)]
     decided = ask(snap, ids, settings)
@@ -186,13 +212,17 @@ def test_a_global_holdout_of_half_holds_half_with_probability_half():
 
 
 def test_trigger_holdouts_use_the_triggers_share():
-    settings = Settings.model_validate({"holdouts": {"global": 0}, "triggers": {"cart_abandoned": {"holdout": 0.3}}})
+    settings = Settings.model_validate(
+        {"holdouts": {"global": 0}, "triggers": {"cart_abandoned": {"holdout": 0.3}}}
+    )
     ids = [{"customer_id": f"c{i}"} for i in range(4000)]
     cart = ask(snapshot(), ids, settings, trigger="cart_abandoned")
     assert np.mean([d["holdout_kind"] == "trigger" for d in cart]) == pytest.approx(0.3, abs=0.03)
     assert all(d["trigger"] == "cart_abandoned" for d in cart)
     welcome = ask(snapshot(), ids, settings, trigger="welcome")  # the [holdouts] default, 10%
-    assert np.mean([d["holdout_kind"] == "trigger" for d in welcome]) == pytest.approx(0.1, abs=0.02)
+    assert np.mean([d["holdout_kind"] == "trigger" for d in welcome]) == pytest.approx(
+        0.1, abs=0.02
+    )
     assert not any(d["holdout_kind"] == "campaign" for d in cart + welcome)
 
 
@@ -200,17 +230,26 @@ def test_offer_model_values_candidates_exploration_and_offer_holdout():
     arms = ("none", "free_shipping", "10_off")
     snap = snapshot(2000, arms)
     ids = [{"customer_id": f"a{i}" if i else "a"} for i in range(2000)]
-    quiet = {"holdouts": {"global": 0, "campaign": 0, "products": 0, "sendtime": 0, "offer": 0}, "offers": {"exploration": 0}}
+    quiet = {
+        "holdouts": {"global": 0, "campaign": 0, "products": 0, "sendtime": 0, "offer": 0},
+        "offers": {"exploration": 0},
+    }
     decided = ask(snap, ids, Settings.model_validate(quiet))
     assert {d["offer"] for d in decided} == {"10_off"}  # worth most
     assert all(d["offer_value"] == 2.0 and "uplift_10_off" in d["reasons"] for d in decided)
     only = ask(snap, ids, Settings.model_validate(quiet), offers=["free_shipping"])
     assert {d["offer"] for d in only} == {"free_shipping"}
-    explore = {**quiet, "holdouts": {**quiet["holdouts"], "offer": 0.1}, "offers": {"exploration": 0.3}}
+    explore = {
+        **quiet,
+        "holdouts": {**quiet["holdouts"], "offer": 0.1},
+        "offers": {"exploration": 0.3},
+    }
     mixed = ask(snap, ids, Settings.model_validate(explore))
     held = [d for d in mixed if d["holdout_kind"] == "offer"]
     assert len(held) / 2000 == pytest.approx(0.1, abs=0.02)
-    assert all(d["offer"] == "none" and d["send"] and d["probability"] == pytest.approx(0.1) for d in held)
+    assert all(
+        d["offer"] == "none" and d["send"] and d["probability"] == pytest.approx(0.1) for d in held
+    )
     exploring = [d for d in mixed if "offer_explore" in d["reasons"]]
     assert len(exploring) / 2000 == pytest.approx(0.9 * 0.3, abs=0.03)
     for d in mixed:
@@ -219,7 +258,10 @@ def test_offer_model_values_candidates_exploration_and_offer_holdout():
             expected = 0.9 * (0.3 / 3 + 0.7 * best)
             assert d["probability"] == pytest.approx(expected, abs=1e-6)
     # new customers keep the welcome rule even with an offer model
-    assert ask(snap, [{"customer_id": "new"}], Settings.model_validate(quiet))[0]["offer"] == "free_shipping"
+    assert (
+        ask(snap, [{"customer_id": "new"}], Settings.model_validate(quiet))[0]["offer"]
+        == "free_shipping"
+    )
 
 
 def history_of(kind, tmp_path):
@@ -269,23 +311,58 @@ def test_each_request_time_section_changes_decisions():
     """[caps] is tested above, [segments] and [products] where snapshots are built."""
     ids = [{"customer_id": c} for c in ("a", "b", "x", "zz")]
     base = {d["customer_id"]: d for d in ask(snapshot(), ids)}
-    quiet = {d["customer_id"]: d for d in ask(snapshot(), ids, Settings.model_validate({**NO_HOLDOUTS, "send_time": {"quiet_start": 0, "quiet_end": 1, "fallback_hour": 15}}))}
+    quiet = {
+        d["customer_id"]: d
+        for d in ask(
+            snapshot(),
+            ids,
+            Settings.model_validate(
+                {
+                    **NO_HOLDOUTS,
+                    "send_time": {"quiet_start": 0, "quiet_end": 1, "fallback_hour": 15},
+                }
+            ),
+        )
+    }
     assert base["a"]["send_at"].astimezone(ZoneInfo("America/New_York")).hour == 19
-    assert quiet["a"]["send_at"].astimezone(ZoneInfo("America/New_York")).hour == 7  # 7 no longer quiet
+    assert (
+        quiet["a"]["send_at"].astimezone(ZoneInfo("America/New_York")).hour == 7
+    )  # 7 no longer quiet
     assert quiet["b"]["send_at"] != base["b"]["send_at"]  # 22:00 UTC is allowed now
-    offers = {d["customer_id"]: d for d in ask(snapshot(), ids, Settings.model_validate({**NO_HOLDOUTS, "offers": {"welcome": "5_off", "lapsed": "20_off"}}))}
+    offers = {
+        d["customer_id"]: d
+        for d in ask(
+            snapshot(),
+            ids,
+            Settings.model_validate(
+                {**NO_HOLDOUTS, "offers": {"welcome": "5_off", "lapsed": "20_off"}}
+            ),
+        )
+    }
     assert base["zz"]["offer"] == "free_shipping" and offers["zz"]["offer"] == "5_off"
     assert base["b"]["offer"] == "10_off" and offers["b"]["offer"] == "20_off"
-    lenient = {d["customer_id"]: d for d in ask(snapshot(), ids, Settings.model_validate({**NO_HOLDOUTS, "suppression": {"bounce_limit": 3}}))}
+    lenient = {
+        d["customer_id"]: d
+        for d in ask(
+            snapshot(),
+            ids,
+            Settings.model_validate({**NO_HOLDOUTS, "suppression": {"bounce_limit": 3}}),
+        )
+    }
     assert not base["x"]["send"] and lenient["x"]["send"]
 
 
 def test_configuration_file_round_trips_and_names_bad_keys(tmp_path, monkeypatch):
     path = tmp_path / "rules.toml"
-    path.write_text('[holdouts]\nglobal = 0.5\n[caps]\nper_recipient = { 1 = 2, 7 = 5 }\n[triggers.cart_abandoned]\nholdout = 0.2\n')
+    path.write_text(
+        "[holdouts]\nglobal = 0.5\n[caps]\nper_recipient = { 1 = 2, 7 = 5 }\n[triggers.cart_abandoned]\nholdout = 0.2\n"
+    )
     settings = load_settings(path)
     assert settings.holdouts.global_ == 0.5 and settings.caps.per_recipient == {1: 2, 7: 5}
-    assert settings.trigger_holdout("cart_abandoned") == 0.2 and settings.trigger_holdout("welcome") == 0.1
+    assert (
+        settings.trigger_holdout("cart_abandoned") == 0.2
+        and settings.trigger_holdout("welcome") == 0.1
+    )
     again = tmp_path / "again.toml"
     again.write_text(to_toml(settings))
     assert load_settings(again) == settings
@@ -293,14 +370,19 @@ def test_configuration_file_round_trips_and_names_bad_keys(tmp_path, monkeypatch
     assert load_settings().holdouts.global_ == 0.5
     for text, message in [
         ("[holdouts]\nglobl = 0.1", "unknown key holdouts.globl"),
-        ("[holdouts]\nglobal = 1.5", "holdouts.global: input should be less than or equal to 1 (got 1.5)"),
+        (
+            "[holdouts]\nglobal = 1.5",
+            "holdouts.global: input should be less than or equal to 1 (got 1.5)",
+        ),
         ("[send_time]\nquiet_start = 25", "send_time.quiet_start"),
         ("[triggers.bogus]\nholdout = 0.1", "unknown key triggers.bogus"),
         ("[caps]\nper_segment = { vip = { 7 = 1 } }", "caps.per_segment.vip"),
         ("[holdouts\n", "not valid TOML"),
     ]:
         path.write_text(text)
-        with pytest.raises(SendwiseError, match=message.replace("(", r"\(").replace(")", r"\)")) as error:
+        with pytest.raises(
+            SendwiseError, match=message.replace("(", r"\(").replace(")", r"\)")
+        ) as error:
             load_settings(path)
         assert str(error.value).startswith(str(path)) and "\n" not in str(error.value)
 
@@ -312,10 +394,19 @@ def test_configuration_file_round_trips_and_names_bad_keys(tmp_path, monkeypatch
         ({"recipients": [{"customer_id": ""}]}, "customer_id"),
         ({"recipients": [{"customer_id": 5}]}, "customer_id"),
         ({"recipients": [{"customer_id": "a", "timezone": "Mars/Base"}]}, "timezone"),
-        ({"recipients": [{"customer_id": "a"}], "context": {"window_start": "2026-06-02", "window_end": "2026-06-01"}}, "window_end"),
+        (
+            {
+                "recipients": [{"customer_id": "a"}],
+                "context": {"window_start": "2026-06-02", "window_end": "2026-06-01"},
+            },
+            "window_end",
+        ),
         ({"recipients": [{"customer_id": "a"}] * 10_001}, "recipients"),
         ({"recipients": [{"customer_id": "a\x00b"}]}, "customer_id"),
-        ({"recipients": [{"customer_id": "a"}], "context": {"now": "9999-12-31T23:00:00Z"}}, "between 1970 and 2200"),
+        (
+            {"recipients": [{"customer_id": "a"}], "context": {"now": "9999-12-31T23:00:00Z"}},
+            "between 1970 and 2200",
+        ),
         ({"recipients": [{"customer_id": "a"}], "bogus": 1}, "bogus"),
         ({"recipients": [{"customer_id": "a"}], "context": {"quiet_start": 24}}, "quiet_start"),
     ],
@@ -337,6 +428,8 @@ def test_the_api_answer_written_by_polars_is_what_pydantic_would_write():
     )
     answer = json.loads(answer_json("batch-1", decisions))
     assert answer["batch_id"] == "batch-1" and answer["logged"] is True
-    expected = [Decision.model_validate(row).model_dump(mode="json") for row in decisions.to_dicts()]
+    expected = [
+        Decision.model_validate(row).model_dump(mode="json") for row in decisions.to_dicts()
+    ]
     assert answer["decisions"] == expected
     assert any(d["send_at"] for d in expected) and any(d["send_at"] is None for d in expected)

@@ -65,9 +65,7 @@ def test_the_headline_claims_a_targeting_gain_only_when_the_evidence_shows_one()
     from sendwise.reports.uplift import Effect, PolicyValue, UpliftSummary
 
     def summary(target: PolicyValue, qini: float) -> UpliftSummary:
-        effects = [
-            Effect("10_off", o, 500, 0.2, 0.1, 0.1, 0.05, 0.15) for o in ("bought", "spend")
-        ]
+        effects = [Effect("10_off", o, 500, 0.2, 0.1, 0.1, 0.05, 0.15) for o in ("bought", "spend")]
         policies = [
             target,
             PolicyValue("best single arm", 10.0, 9.0, 11.0),

@@ -9,7 +9,6 @@ from __future__ import annotations
 import collections
 import re
 import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import champions as champions_module  # tests/champions.py
 import httpx
 import polars as pl
 import pytest
@@ -26,23 +26,19 @@ from sendwise import __version__
 from sendwise.features.clock import parse_as_of
 from sendwise.store import registry
 from sendwise.store.decisions import DecisionLog
-from sendwise.training.backtest import fit_products, fit_propensity, fit_sendtime
 
 AS_OF = parse_as_of("2026-05-31")
 KEY = "test-key-1"
-QUICK_SENDTIME = {"prior_strength": 3.0, "kernel_width": 1.0, "half_life_days": 90.0}
 CHROMIUM = shutil.which("chromium")
 
 
 @pytest.fixture(scope="module")
-def champions(simulated, simulated_shop, tmp_path_factory) -> Iterator[dict[str, str]]:
+def champions(simulated, simulated_shop, tmp_path_factory, new_store) -> Iterator[dict[str, str]]:
     """Champions trained on the simulated shop, in a registry private to this module; yields
     the environment a server needs."""
     root = tmp_path_factory.mktemp("serving")
     env = {
-        "SENDWISE_HOME": str(root / "home"),
-        "SENDWISE_ARTIFACTS": str(root / "artifacts"),
-        "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+        **new_store(root),
         "SENDWISE_SHOP": str(simulated[0]),
         "SENDWISE_AS_OF": AS_OF.isoformat(),
         "SENDWISE_API_KEYS": f"{KEY},second-key",
@@ -57,19 +53,10 @@ def champions(simulated, simulated_shop, tmp_path_factory) -> Iterator[dict[str,
 
 
 def register_champion(task: str, shop, **params) -> str:
-    """Fit one model and make it champion in the real registry. Backtests and promotion
-    rules have their own tests (test_training); serving needs only the champions."""
-    fit = {
-        "propensity": lambda: fit_propensity(shop, AS_OF, 30, **params)[0],
-        "crosssell": lambda: fit_products(shop, AS_OF, 30, **params),
-        "sendtime": lambda: fit_sendtime(shop, AS_OF, 30, **{**QUICK_SENDTIME, **params}),
-    }[task]
-    model = fit()
-    with tempfile.TemporaryDirectory() as tmp:
-        model.save(Path(tmp) / "model")
-        found = registry.log_and_register(shop.name, task, Path(tmp) / "model", model.get_params(), {}, {"task": task}, {})  # fmt: skip
-    registry.set_champion(shop.name, task, found.version, "promote")
-    return str(found.version)
+    """Fit one model at AS_OF and make it champion in the real registry (tests/champions.py:
+    quick settings, a fit shared by the modules that need the same one). Backtests and
+    promotion rules have their own tests (test_training); serving needs only the champions."""
+    return champions_module.register_champion(task, shop, AS_OF, **params)
 
 
 @pytest.fixture(scope="module")
@@ -159,6 +146,43 @@ def test_malformed_bodies_get_a_clear_4xx(server, body, says):
     assert answer.status_code == 400
     assert says in answer.text
     assert all(set(problem) == {"loc", "msg"} for problem in answer.json()["detail"])
+
+
+def test_a_champion_that_does_not_load_leaves_a_running_server_degraded_not_down(
+    server, champions, simulated_shop
+):
+    """Issue 12 on a real server: the newest champion's files are damaged; the server keeps
+    answering with the last good models, `/readyz` says degraded (200), and the failure is
+    counted once, not at every poll."""
+    # The module's server, before any other server starts: each start of a BentoML server
+    # empties the Prometheus directory all of them share, so a running server's count can
+    # be read only while no server has started after it (hence this test's place here).
+    url = server
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in champions.items():
+            patch.setenv(name, value)
+        good = registry.alias_version(simulated_shop.name, "sendtime", "champion").version
+        broken = register_champion("sendtime", simulated_shop, prior_strength=7.0)
+        source = registry.model_version(simulated_shop.name, "sendtime", broken).source
+        for f in Path(source.removeprefix("file://")).iterdir():
+            f.write_text("damaged")
+        try:
+            deadline = time.monotonic() + 120
+            while (body := httpx.get(f"{url}/readyz").json())["status"] != "degraded":
+                assert time.monotonic() < deadline, body
+                time.sleep(0.3)
+            assert httpx.get(f"{url}/readyz").status_code == 200
+            assert f"v{broken} does not load" in body["problem"]
+            answer = post(url, {"recipients": [{"customer_id": "c0000001"}]})
+            assert answer.status_code == 200
+            assert f"sendtime:{good}" in answer.json()["decisions"][0]["model_versions"]
+            time.sleep(3)  # three more polls: the same broken champion is not retried
+            metrics = httpx.get(f"{url}/metrics").text
+            counted = re.findall(r"^sendwise_model_reload_failures_total(?:\{[^}]*\})? (\S+)$",
+                                 metrics, re.MULTILINE)  # fmt: skip
+            assert counted and sum(float(c) for c in counted) == 1.0  # one worker, one count
+        finally:
+            registry.set_champion(simulated_shop.name, "sendtime", good, "rollback")
 
 
 def test_client_errors_log_one_line_without_request_values(champions, capfd):
@@ -305,46 +329,46 @@ def test_killed_mid_batch_the_log_holds_whole_batches_only(champions, tmp_path):
         assert sizes[batch_id] == (n, n)
 
 
-def test_promotion_is_picked_up_without_a_failed_request(champions, simulated_shop):
-    with serving(champions) as (url, _):
-        versions: list[str] = []
-        errors: list[str] = []
-        stop = threading.Event()
+def test_promotion_is_picked_up_without_a_failed_request(server, champions, simulated_shop):
+    url = server  # the module's server: it has served the champions since it started
+    versions: list[str] = []
+    errors: list[str] = []
+    stop = threading.Event()
 
-        def client():
-            body = {"recipients": [{"customer_id": f"c{i:07d}"} for i in range(1, 200)]}
-            while not stop.is_set():
-                try:
-                    answer = post(url, body)
-                    if answer.status_code != 200:
-                        errors.append(f"{answer.status_code} {answer.text[:200]}")
-                    else:
-                        versions.append(answer.json()["decisions"][0]["model_versions"])
-                except httpx.HTTPError as error:
-                    errors.append(repr(error))
-
-        threads = [threading.Thread(target=client, daemon=True) for _ in range(2)]
-        for t in threads:
-            t.start()
-        with pytest.MonkeyPatch.context() as patch:
-            for name, value in champions.items():
-                patch.setenv(name, value)
+    def client():
+        body = {"recipients": [{"customer_id": f"c{i:07d}"} for i in range(1, 200)]}
+        while not stop.is_set():
             try:
-                new = register_champion("sendtime", simulated_shop, prior_strength=5.0)
-                deadline = time.monotonic() + 120
-                while not (versions and f"sendtime:{new}" in versions[-1]):
-                    assert time.monotonic() < deadline, "the promotion was not picked up"
-                    time.sleep(0.2)
-                time.sleep(1)
-            finally:
-                stop.set()
-                for t in threads:
-                    t.join(timeout=90)
-                registry.set_champion(simulated_shop.name, "sendtime", "1", "choose")
-        assert not errors, errors[:3]
-        assert versions[0] == "crosssell:1,propensity:1,sendtime:1"
-        assert versions[-1] == f"crosssell:1,propensity:1,sendtime:{new}"
-        assert len(versions) > 10
+                answer = post(url, body)
+                if answer.status_code != 200:
+                    errors.append(f"{answer.status_code} {answer.text[:200]}")
+                else:
+                    versions.append(answer.json()["decisions"][0]["model_versions"])
+            except httpx.HTTPError as error:
+                errors.append(repr(error))
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(2)]
+    for t in threads:
+        t.start()
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in champions.items():
+            patch.setenv(name, value)
+        try:
+            new = register_champion("sendtime", simulated_shop, prior_strength=5.0)
+            deadline = time.monotonic() + 120
+            while not (versions and f"sendtime:{new}" in versions[-1]):
+                assert time.monotonic() < deadline, "the promotion was not picked up"
+                time.sleep(0.2)
+            time.sleep(1)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(timeout=90)
+            registry.set_champion(simulated_shop.name, "sendtime", "1", "choose")
+    assert not errors, errors[:3]
+    assert versions[0] == "crosssell:1,propensity:1,sendtime:1"
+    assert versions[-1] == f"crosssell:1,propensity:1,sendtime:{new}"
+    assert len(versions) > 10
 
 
 def test_serve_refuses_to_start_without_keys(champions, monkeypatch, capsys):
@@ -357,36 +381,3 @@ def test_serve_refuses_to_start_without_keys(champions, monkeypatch, capsys):
     assert "no API keys: set SENDWISE_API_KEYS" in capsys.readouterr().err
     assert main(["serve", "--shop", "/nonexistent/shop", "--insecure-dev"]) == 1
     assert "/nonexistent/shop: no shop directory" in capsys.readouterr().err
-
-
-def test_a_champion_that_does_not_load_leaves_a_running_server_degraded_not_down(
-    champions, simulated_shop
-):
-    """Issue 12 on a real server: the newest champion's files are damaged; the server keeps
-    answering with the last good models, `/readyz` says degraded (200), and the failure is
-    counted once, not at every poll."""
-    with serving(champions) as (url, _), pytest.MonkeyPatch.context() as patch:
-        for name, value in champions.items():
-            patch.setenv(name, value)
-        good = registry.alias_version(simulated_shop.name, "sendtime", "champion").version
-        broken = register_champion("sendtime", simulated_shop, prior_strength=7.0)
-        source = registry.model_version(simulated_shop.name, "sendtime", broken).source
-        for f in Path(source.removeprefix("file://")).iterdir():
-            f.write_text("damaged")
-        try:
-            deadline = time.monotonic() + 120
-            while (body := httpx.get(f"{url}/readyz").json())["status"] != "degraded":
-                assert time.monotonic() < deadline, body
-                time.sleep(0.3)
-            assert httpx.get(f"{url}/readyz").status_code == 200
-            assert f"v{broken} does not load" in body["problem"]
-            answer = post(url, {"recipients": [{"customer_id": "c0000001"}]})
-            assert answer.status_code == 200
-            assert f"sendtime:{good}" in answer.json()["decisions"][0]["model_versions"]
-            time.sleep(3)  # three more polls: the same broken champion is not retried
-            metrics = httpx.get(f"{url}/metrics").text
-            counted = re.findall(r"^sendwise_model_reload_failures_total(?:\{[^}]*\})? (\S+)$",
-                                 metrics, re.MULTILINE)  # fmt: skip
-            assert counted and sum(float(c) for c in counted) == 1.0  # one worker, one count
-        finally:
-            registry.set_champion(simulated_shop.name, "sendtime", good, "rollback")

@@ -17,6 +17,7 @@ import pytest
 from server import serving
 
 from sendwise.cli.main import main
+from sendwise.features.clock import parse_as_of
 from sendwise.features.event_stream import StreamSettings, api_events, simulate_stream
 from sendwise.features.events import (
     CATALOG_SCHEMA,
@@ -219,15 +220,13 @@ def test_each_trigger_holds_out_its_share_and_logs_its_probability(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def trigger_server(simulated, simulated_shop, tmp_path_factory):
+def trigger_server(simulated, simulated_shop, tmp_path_factory, new_store):
     """A real server with champions of the simulated shop and its own event store."""
     from champions import register_champion
 
     root = tmp_path_factory.mktemp("trigger-server")
     env = {
-        "SENDWISE_HOME": str(root / "home"),
-        "SENDWISE_ARTIFACTS": str(root / "artifacts"),
-        "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+        **new_store(root),
         "SENDWISE_SHOP": str(simulated[0]),
         "SENDWISE_AS_OF": "2026-05-31",
         "SENDWISE_API_KEYS": KEY,
@@ -235,7 +234,7 @@ def trigger_server(simulated, simulated_shop, tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         for name, value in env.items():
             patch.setenv(name, value)
-        as_of = datetime(2026, 5, 31, 23, 59, tzinfo=UTC)
+        as_of = parse_as_of("2026-05-31")  # the end of the day: the fits other modules make
         for task in ("propensity", "sendtime"):
             register_champion(task, simulated_shop, as_of)
         with serving(env) as (url, _):
