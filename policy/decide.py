@@ -33,6 +33,8 @@ import polars as pl
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from sendwise.store.files import constant
+
 from .config import Settings
 from .randomise import uniform
 
@@ -629,10 +631,15 @@ def finish(batch: Batch, snapshot: Snapshot, context: Context, batch_id: str) ->
         lists = _fresh_lists(lists, batch.lead, batch.drop)
     send_at = batch.send_at.astype("datetime64[us]")
     send_at[batch.send_at < 0] = np.datetime64("NaT")
+    n = len(batch)
     frame = pl.DataFrame(
         {
-            "decision_id": np.arange(len(batch)),
+            "decision_id": np.arange(n),
+            "batch_id": constant(f"{batch_id}-", n, pl.String),
             "customer_id": batch.ids,
+            "campaign": constant(context.campaign, n, pl.String),
+            "trigger": constant(context.trigger, n, pl.String),
+            "transactional": constant(context.transactional, n, pl.Boolean),
             "segment": batch.segment,
             "send": sending,
             "holdout": kind != "",
@@ -640,31 +647,27 @@ def finish(batch: Batch, snapshot: Snapshot, context: Context, batch_id: str) ->
             "probability": batch.probability.round(6),
             "offer": np.where(sending, batch.offer, CONTROL),
             "offer_value": np.where(sending, batch.offer_value, 0.0),
+            "products": lists["products"],
+            "cross_sell": lists["cross_sell"],
             "send_at": send_at,
+            "best_hours": lists["best_hours"],
             "purchase_propensity": pl.Series(
                 snapshot.columns["purchase_propensity"][batch.at], nan_to_null=True
             ),
             "reasons": _lists_of_present([batch.reasons[name] for name in REASONS]),
+            "model_versions": constant(snapshot.model_versions, n, pl.String),
         }
     )
-    per_batch = {
-        "decision_id": pl.concat_str(pl.lit(f"{batch_id}-"), pl.col("decision_id").cast(pl.String)),
-        "campaign": pl.lit(context.campaign),
-        "trigger": pl.lit(context.trigger, pl.String),
-        "transactional": pl.lit(context.transactional),
-        "model_versions": pl.lit(snapshot.model_versions),
-    }
-    return pl.concat([frame, lists], how="horizontal").select(
-        per_batch[name].alias(name) if name in per_batch else FINISHED[name]
-        for name in DECISION_COLUMNS
-    )
+    return frame.select(FINISHED)
 
 
-# how `finish` reads the other decision columns, built once (building costs more than running)
-FINISHED = {name: pl.col(name) for name in DECISION_COLUMNS} | {
-    "send_at": pl.col("send_at").dt.replace_time_zone("UTC"),
+# how `finish` reads its frame, built once (building costs more than running, one recipient)
+_READ_AS = {
+    "decision_id": pl.concat_str("batch_id", pl.col("decision_id").cast(pl.String)),
     "holdout_kind": pl.col("holdout_kind").replace("", None),
+    "send_at": pl.col("send_at").dt.replace_time_zone("UTC"),
 }
+FINISHED = [_READ_AS.get(name, pl.col(name)).alias(name) for name in DECISION_COLUMNS]
 
 
 def _fresh_lists(

@@ -219,6 +219,8 @@ async def readiness(scope: Scope) -> JSONResponse | None:
         runtime = bentoml.get_current_service().runtime
     except Exception:  # noqa: BLE001 - not started yet: BentoML answers
         return None
+    if scope["path"] == "/decide" and runtime.snapshot is not None:
+        return None  # the common case, without building the health body (it reads shop.toml)
     ready, body = runtime.health()
     if scope["path"] == "/readyz":
         ready = ready and runtime.log.ping()
@@ -345,7 +347,22 @@ docs = Starlette()
 segment = Starlette()
 
 
-@bentoml.service(name="sendwise", traffic={"timeout": 120}, http={"host": "127.0.0.1"})
+# BentoML's access log (a line per request) and OpenTelemetry spans cost about 2.5 and 2 ms a
+# request on a 2-core machine (experiments/bench_api.py): off, and the decision and event paths
+# untraced, unless `sendwise serve --access-log` or `--trace-requests` asks. Client errors are
+# logged whatever is set, one line each (`Guard`); /metrics counts every request.
+HOT_PATHS = "/decide,/events,/catalog,/v1/,/connected/decide"
+
+
+@bentoml.service(
+    name="sendwise",
+    traffic={"timeout": 120},
+    http={"host": "127.0.0.1"},
+    logging={"access": {"enabled": os.environ.get("SENDWISE_ACCESS_LOG") == "1"}},
+    tracing={}
+    if os.environ.get("SENDWISE_TRACE_REQUESTS") == "1"
+    else {"excluded_urls": HOT_PATHS},
+)
 @bentoml.asgi_app(per_recipient, path="/connected")
 @bentoml.asgi_app(segment, path="/v1")
 @bentoml.asgi_app(docs, path="/")

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from sendwise.errors import SendwiseError
 
 from .database import database_url, open_engine, placeholder
-from .files import json_array
+from .files import constant, json_array
 
 metadata = sa.MetaData()
 
@@ -257,28 +257,27 @@ class DecisionLog:
     def _driver_values(self, frame: pl.DataFrame, batch_id: str, at: datetime | str) -> list[tuple]:
         """Rows as the driver takes them, in one select (`_stored`), with the batch's id
         and time (`_driver_time`)."""
-        per_batch = {
-            "batch_id": pl.lit(batch_id).alias("batch_id"),
-            "decided_at": pl.lit(at).alias("decided_at"),
-        }
-        return frame.select(per_batch.get(name, stored) for name, stored in self._stored).rows()
+        n = len(frame)
+        batch = [constant(batch_id, n).alias("batch_id"), constant(at, n).alias("decided_at")]
+        return frame.hstack(batch).select(self._stored).rows()
 
     @cached_property
-    def _stored(self) -> list[tuple[str, pl.Expr]]:
+    def _stored(self) -> list[pl.Expr]:
         """Each column as the driver takes it: lists as JSON text, times as `UTCDateTime`
         stores them (naive UTC; on SQLite, the text SQLAlchemy writes, since comparisons
-        there are on that text). Built once: building costs more than running."""
+        there are on that text); the batch's own time is given so. Built once: building
+        costs more than running."""
         sqlite = self.engine.dialect.name == "sqlite"
 
         def stored(column: sa.Column) -> pl.Expr:
             if column.name in LISTS:
                 return json_array(column.name)
-            if not isinstance(column.type, UTCDateTime):
+            if not isinstance(column.type, UTCDateTime) or column.name == "decided_at":
                 return pl.col(column.name)
             naive = pl.col(column.name).dt.convert_time_zone("UTC").dt.replace_time_zone(None)
             return naive.dt.strftime("%Y-%m-%d %H:%M:%S.%6f") if sqlite else naive
 
-        return [(column.name, stored(column)) for column in decisions.columns]
+        return [stored(column) for column in decisions.columns]
 
     def sends(
         self, customer_ids: Iterable[str] | None, since: datetime, campaign: str

@@ -75,6 +75,13 @@ def write_frame_to(frame: pl.DataFrame, staging: Path, suffix: str) -> None:
         lists_as_json(frame).write_csv(staging)
 
 
+def constant(value, n: int, dtype: pl.DataType | None = None) -> pl.Series:
+    """`value` repeated `n` times: a batch's own value as a column, so that the select that
+    reads the column is built once, not once per batch (building costs more than running
+    it on a small batch)."""
+    return pl.Series([value], dtype=dtype).new_from_index(0, n)
+
+
 def json_array(name: str) -> pl.Expr:
     """A list column as the text of a JSON array: Polars' JSON of a one-field struct,
     `{"name":[...]}`, less the `{"name":` before the array and the `}` after it."""

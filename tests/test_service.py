@@ -204,9 +204,11 @@ def test_client_errors_log_one_line_without_request_values(champions, capfd):
         assert [a.status_code for a in answers] == [400, 400, 401, 413, 400, 415, 400]
         assert [p["loc"] for p in answers[0].json()["detail"]] == [["recipients", 0, "timezone"], ["context", "window_end"]]  # fmt: skip
         assert "limit of 20,000 bytes" in answers[3].text and "Invalid JSON" in answers[4].text
+        assert post(url, {"recipients": [{"customer_id": secret}]}).status_code == 200
     logged = "".join(capfd.readouterr())  # the server has stopped: every line is out
     assert "Traceback" not in logged and "[ERROR]" not in logged
     assert secret not in logged
+    assert "status=200" not in logged  # no access log unless `serve --access-log` asks for one
     # `... [WARNING] [entry_service:sendwise:1] MESSAGE (trace=...)`; access lines are INFO
     warnings = re.findall(r"\[WARNING\] \[[^\]]*\] (.*?)(?: \(trace=.*)?$", logged, re.MULTILINE)
     assert warnings == [
