@@ -169,11 +169,13 @@ async def welcome_latency(url: str, records: list[dict], seconds: float, rate: i
 
 def live(shop: Path, seconds: float, workers: int, env: dict) -> dict:
     records = stream_records(shop, 7, 5)
+    # ingest: new events enough for `seconds` at 25,000/s, so the rate is a sustained one
+    backlog = stream_records(shop, 7 * max(1, round(seconds * 25_000 / len(records))), 6)
     with serving(shop, 3797, workers, {**env, "SENDWISE_API_KEYS": KEY}) as (url, _):
         # latency first, on an empty store: the ingest phase leaves a week of events
         # whose firings the engine then works through for a while
         found = {"welcome": asyncio.run(welcome_latency(url, records, seconds, 2000))}
-        found["ingest"] = asyncio.run(ingest(url, records, seconds))
+        found["ingest"] = asyncio.run(ingest(url, backlog, seconds))
         found["worker_rss_mib"] = worker_rss_mib()
     return found
 

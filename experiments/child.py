@@ -73,12 +73,33 @@ def serving(shop: Path, port: int, workers: int, env: dict) -> Iterator[tuple[st
                 if time.perf_counter() - started > 300:
                     logfile.seek(0)
                     raise RuntimeError(logfile.read().decode()[-3000:])
-            yield url, time.perf_counter() - started
+            ready = time.perf_counter() - started
+            settle(server.pid)
+            yield url, ready
         finally:
             for p in psutil.Process(server.pid).children(recursive=True):
                 p.terminate()
             server.terminate()
             server.wait(30)
+
+
+def settle(pid: int, quiet_cpu_s: float = 0.1, limit_s: float = 120.0) -> None:
+    """Wait until every worker under `pid` has done starting (used under a tenth of a CPU
+    second in the last second): `/readyz` answers as soon as one worker is ready, and a
+    client's kept-alive connections stay with the workers that accepted them."""
+    deadline = time.monotonic() + limit_s
+    workers = [
+        p
+        for p in psutil.Process(pid).children(recursive=True)
+        if "_bentoml_impl.worker" in " ".join(p.cmdline())
+    ]
+    used = [sum(p.cpu_times()[:2]) for p in workers]
+    while time.monotonic() < deadline:
+        time.sleep(1)
+        now = [sum(p.cpu_times()[:2]) for p in workers]
+        if all(b - a < quiet_cpu_s for a, b in zip(used, now, strict=True)):
+            return
+        used = now
 
 
 def worker_rss_mib() -> list[int]:
