@@ -112,19 +112,8 @@ def test_score_logs_its_batch_and_a_config_changes_it(registry_env, simulated, t
 
 def test_a_failed_export_logs_nothing(registry_env, simulated, tmp_path, capsys):
     bad = tmp_path / "decisions.json"
-    code = main(
-        [
-            "score",
-            "--shop",
-            str(simulated[0]),
-            "--as-of",
-            "2026-05-31",
-            "--out",
-            str(bad),
-            "--campaign",
-            "never",
-        ]
-    )
+    args = ["score", "--shop", str(simulated[0]), "--as-of", "2026-05-31"]
+    code = main([*args, "--out", str(bad), "--campaign", "never"])
     assert code == 1 and "must end in .parquet or .csv" in capsys.readouterr().err
     main(["decisions", "export", "--out", str(tmp_path / "x.csv"), "--campaign", "never"])
     assert pl.read_csv(tmp_path / "x.csv").is_empty()

@@ -310,45 +310,21 @@ def test_frequency_caps_count_other_campaigns_over_rolling_windows(kind, tmp_pat
 def test_each_request_time_section_changes_decisions():
     """[caps] is tested above, [segments] and [products] where snapshots are built."""
     ids = [{"customer_id": c} for c in ("a", "b", "x", "zz")]
-    base = {d["customer_id"]: d for d in ask(snapshot(), ids)}
-    quiet = {
-        d["customer_id"]: d
-        for d in ask(
-            snapshot(),
-            ids,
-            Settings.model_validate(
-                {
-                    **NO_HOLDOUTS,
-                    "send_time": {"quiet_start": 0, "quiet_end": 1, "fallback_hour": 15},
-                }
-            ),
-        )
-    }
-    assert base["a"]["send_at"].astimezone(ZoneInfo("America/New_York")).hour == 19
-    assert (
-        quiet["a"]["send_at"].astimezone(ZoneInfo("America/New_York")).hour == 7
-    )  # 7 no longer quiet
+
+    def decided(rules: dict | None = None) -> dict[str, dict]:
+        settings = None if rules is None else Settings.model_validate({**NO_HOLDOUTS, **rules})
+        return {d["customer_id"]: d for d in ask(snapshot(), ids, settings)}
+
+    base = decided()
+    quiet = decided({"send_time": {"quiet_start": 0, "quiet_end": 1, "fallback_hour": 15}})
+    new_york = ZoneInfo("America/New_York")
+    assert base["a"]["send_at"].astimezone(new_york).hour == 19
+    assert quiet["a"]["send_at"].astimezone(new_york).hour == 7  # 7 no longer quiet
     assert quiet["b"]["send_at"] != base["b"]["send_at"]  # 22:00 UTC is allowed now
-    offers = {
-        d["customer_id"]: d
-        for d in ask(
-            snapshot(),
-            ids,
-            Settings.model_validate(
-                {**NO_HOLDOUTS, "offers": {"welcome": "5_off", "lapsed": "20_off"}}
-            ),
-        )
-    }
+    offers = decided({"offers": {"welcome": "5_off", "lapsed": "20_off"}})
     assert base["zz"]["offer"] == "free_shipping" and offers["zz"]["offer"] == "5_off"
     assert base["b"]["offer"] == "10_off" and offers["b"]["offer"] == "20_off"
-    lenient = {
-        d["customer_id"]: d
-        for d in ask(
-            snapshot(),
-            ids,
-            Settings.model_validate({**NO_HOLDOUTS, "suppression": {"bounce_limit": 3}}),
-        )
-    }
+    lenient = decided({"suppression": {"bounce_limit": 3}})
     assert not base["x"]["send"] and lenient["x"]["send"]
 
 
