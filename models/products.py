@@ -335,7 +335,7 @@ class ProductRanker(Settings):
         n_estimators: int = 200,
         learning_rate: float = 0.05,
         num_leaves: int = 31,
-        min_child_samples: int = 500,  # only 7% of new-item pairs are bought: big leaves
+        min_child_samples: int = 500,  # 50: all-items NDCG@10 0.4345, not 0.4374 (OR, 2011-06-11)
         als_sample: int = 100_000,
         chunk_size: int = 50_000,
         random_state: int = 0,

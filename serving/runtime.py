@@ -55,8 +55,9 @@ class ServeSettings:
     reload_seconds: float = 10.0
     shop_name: str = ""  # whose champions: default the shop's own name (`shop.toml`, else dir)
 
-    @property
+    @cached_property
     def name(self) -> str:
+        """Read once: the shop served, and whose champions, stay the same while serving."""
         return self.shop_name or shop_name(self.shop)
 
     @classmethod

@@ -219,8 +219,6 @@ async def readiness(scope: Scope) -> JSONResponse | None:
         runtime = bentoml.get_current_service().runtime
     except Exception:  # noqa: BLE001 - not started yet: BentoML answers
         return None
-    if scope["path"] == "/decide" and runtime.snapshot is not None:
-        return None  # the common case, without building the health body (it reads shop.toml)
     ready, body = runtime.health()
     if scope["path"] == "/readyz":
         ready = ready and runtime.log.ping()
