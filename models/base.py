@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -10,6 +13,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
 from functools import partial
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 from weakref import WeakKeyDictionary
@@ -56,6 +60,14 @@ COMPILE_ROWS = 500_000  # from about this many rows a booster's compiled form pa
 _COMPILER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sendwise-trees")
 _COMPILED: WeakKeyDictionary[lgb.Booster, dict[bool, Future]] = WeakKeyDictionary()
 _COMPILED_LOCK = threading.Lock()
+_KEPT: list[Path] = []  # where compiled trees are kept between processes; empty: nowhere
+
+
+def keep_compiled_trees(directory: Path | None) -> None:
+    """Keep compiled trees as files in `directory` (None: not at all), named by a hash of the
+    booster, the compiler and this CPU, so the next process loads them in milliseconds
+    instead of compiling them again (about ten seconds of a core per booster)."""
+    _KEPT[:] = [] if directory is None else [Path(directory)]
 
 
 def compile_trees(booster: lgb.Booster, raw_score: bool = False) -> Future:
@@ -65,17 +77,58 @@ def compile_trees(booster: lgb.Booster, raw_score: bool = False) -> Future:
     with _COMPILED_LOCK:
         forms = _COMPILED.setdefault(booster, {})
         if raw_score not in forms:
-            forms[raw_score] = _COMPILER.submit(_compile, booster.model_to_string(), raw_score)
+            model = booster.model_to_string()
+            kept = _kept_file(model, raw_score)
+            forms[raw_score] = _COMPILER.submit(_compile, model, raw_score, kept)
         return forms[raw_score]
 
 
-def _compile(model: str, raw_score: bool) -> Callable[[np.ndarray], np.ndarray]:
+def _kept_file(model: str, raw_score: bool) -> Path | None:
+    """Where the compiled form of `model` is kept, if compiled trees are kept at all: the
+    machine code fits this CPU and this lleaves only, so both are in the name."""
+    if not _KEPT:
+        return None
+    from llvmlite import binding
+
+    key = hashlib.sha256(
+        "\n".join(
+            [
+                model,
+                str(raw_score),
+                metadata.version("lleaves"),
+                binding.get_host_cpu_name(),
+                binding.get_host_cpu_features().flatten(),
+            ]
+        ).encode()
+    ).hexdigest()
+    return _KEPT[0] / f"{key}.o"
+
+
+def _compile(model: str, raw_score: bool, kept: Path | None) -> Callable[[np.ndarray], np.ndarray]:
     with tempfile.TemporaryDirectory(prefix="sendwise-trees-") as tmp:
         path = Path(tmp, "booster.txt")
         path.write_text(model)
         compiled = lleaves.Model(model_file=str(path))
-        compiled.compile(raw_score=raw_score)
+        if kept is not None and kept.is_file():
+            compiled.compile(cache=str(kept), raw_score=raw_score)
+        else:
+            written = Path(tmp, "compiled.o")
+            compiled.compile(cache=str(written), raw_score=raw_score)
+            if kept is not None:
+                _keep(written, kept)
     return partial(compiled.predict, n_jobs=THREADS)
+
+
+def _keep(written: Path, kept: Path) -> None:
+    """Put a compiled form in place whole (another process may be reading the directory);
+    where it cannot be kept, it is compiled again next time."""
+    try:
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        staged = kept.with_name(f".{kept.name}.{os.getpid()}.{threading.get_ident()}")
+        shutil.copyfile(written, staged)
+        os.replace(staged, kept)
+    except OSError:
+        pass
 
 
 def tree_predictor(

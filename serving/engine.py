@@ -31,7 +31,7 @@ from sendwise.errors import SendwiseError
 from sendwise.features import builders
 from sendwise.features.engine import Engine, Progress, run_buckets
 from sendwise.features.shop import Shop, bucket_dirs, read_bucket
-from sendwise.models.base import COMPILE_ROWS, part_of_batch
+from sendwise.models.base import COMPILE_ROWS, keep_compiled_trees, part_of_batch
 from sendwise.models.products import Items, ProductRanker, Ranking
 from sendwise.models.propensity import PurchasePropensity
 from sendwise.models.sendtime import SendTimeModel
@@ -42,6 +42,7 @@ from sendwise.store import registry
 from sendwise.store.decisions import DecisionLog
 from sendwise.store.files import atomic_path, frame_path, lists_as_json
 from sendwise.store.sends import SendHistory, send_history
+from sendwise.store.settings import home
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,7 @@ class Champions:
     def load(cls, shop: str, versions: dict[str, str | None] | None = None) -> Champions:
         """The shop's champions, or the given versions of its models (a `None` optional
         model: none). A model whose files do not load is a `ChampionError` naming it."""
+        keep_compiled_trees(home() / "compiled-trees")  # compiled once per machine and model
         if versions is None:
             versions = {}
             for task in TASKS:

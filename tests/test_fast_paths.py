@@ -6,12 +6,11 @@ from __future__ import annotations
 import lightgbm as lgb
 import numpy as np
 import pytest
-import scipy.sparse as sp
 from champions import fitted  # tests/champions.py: one fit a session for the same inputs
 
 from sendwise.features import builders
 from sendwise.features.clock import parse_as_of
-from sendwise.models import products
+from sendwise.models import base, products
 from sendwise.models.base import matrix, tree_predictor
 
 AS_OF = parse_as_of("2026-05-31")
@@ -56,21 +55,30 @@ def test_top_mask_marks_each_rows_k_largest():
     assert products._top_mask(scores[:, :5], 7).all()  # fewer columns than k: all of them
 
 
-def test_sparse_top_keeps_each_rows_k_largest_positive_entries():
-    dense = np.where(RNG.random((300, 500)) < 0.1, RNG.random((300, 500)) - 0.1, 0.0)
-    dense[3, :400] = RNG.random(400) + 0.01  # one long row, in a wider block of its own
+def test_top_mask_of_wide_rows_samples_and_still_finds_each_rows_k_largest():
+    scores = RNG.standard_normal((200, 3_000)).astype(np.float32)
+    scores[RNG.random(scores.shape) < 0.02] = -np.inf  # a customer's own products
+    scores[7] = np.sort(scores[7])  # the largest all at the end: none in the sample's rows
+    scores[9, :100] = 5.0  # ties at the k-th value are all marked
+    mask = products._top_mask(scores, 40)
+    expected = scores >= np.sort(scores, axis=1)[:, [-40]]
+    assert np.array_equal(mask, expected)
+    assert mask[9].sum() == 100 and (np.delete(mask.sum(axis=1), 9) == 40).all()
+
+
+def test_top_positive_keeps_each_rows_k_largest_positive_entries():
+    dense = np.where(RNG.random((300, 2_000)) < 0.2, RNG.random((300, 2_000)) - 0.1, 0.0)
+    dense[3, :30] = RNG.random(30) + 0.01  # a row with few values
     dense[5] = 0.0  # an empty row
-    matrix_ = sp.csr_matrix(dense)
-    rows, columns = products._sparse_top(matrix_.indptr, matrix_.indices, matrix_.data, 5)
-    got = sp.csr_matrix((np.ones(len(rows)), (rows, columns)), shape=dense.shape).toarray() > 0
+    dense[8] = np.where(dense[8] > 0, -dense[8], 0.0)  # nothing positive
+    got = products._top_positive(dense, 5)
     positive = np.where(dense > 0, dense, -np.inf)
     kth = np.sort(positive, axis=1)[:, -5]
     expected = (dense > 0) & (dense >= kth[:, None])
     assert np.array_equal(got, expected)
-    assert got[3].sum() == 5 and not got[5].any()
-    ties = sp.csr_matrix(np.array([[0.5] * 8 + [0.9]]))
-    rows, columns = products._sparse_top(ties.indptr, ties.indices, ties.data, 3)
-    assert columns.tolist() == [0, 1, 8]  # exactly k: ties go to the first products
+    assert got[3].sum() == 5 and not got[5].any() and not got[8].any()
+    ties = np.array([[0.5] * 8 + [0.9] + [0.0] * 100])
+    assert np.flatnonzero(products._top_positive(ties, 3)[0]).tolist() == [0, 1, 8]  # exactly k
 
 
 def test_ranks_and_tops_within_groups_match_a_sort():
@@ -92,9 +100,24 @@ def test_ranks_and_tops_within_groups_match_a_sort():
     assert products._rank_within(groups[:0], keys[:0]).size == 0
 
 
-def test_lookup_finds_stored_keys_and_zero_elsewhere():
-    keys = np.array([2, 5, 9])
-    values = np.array([0.5, 1.5, 2.5])
-    found = products._lookup(keys, values, np.array([0, 2, 5, 6, 9, 12]))
-    assert found.tolist() == [0.0, 0.5, 1.5, 0.0, 2.5, 0.0]
-    assert products._lookup(keys[:0], values[:0], np.array([1])).tolist() == [0.0]
+def test_compiled_trees_are_kept_and_loaded_by_the_next_process(tmp_path, simulated_shop):
+    features = builders.customer_features(simulated_shop, AS_OF).collect()
+    X = matrix(features, ["orders_total", "recency_days", "revenue_total", "tenure_days"])
+    y = (features["orders_30d"] > 0).to_numpy().astype(float)
+    booster = lgb.train({"objective": "binary", "verbose": -1}, lgb.Dataset(X, y), 20)
+    try:
+        base.keep_compiled_trees(tmp_path)
+        first = base.compile_trees(booster).result()(X)
+        kept = list(tmp_path.iterdir())
+        assert len(kept) == 1 and kept[0].suffix == ".o"  # whole, under its final name
+        stamp = kept[0].stat().st_mtime_ns
+        # another process: nothing compiled in memory, the kept file is loaded, not rewritten
+        again = base._compile(booster.model_to_string(), False, kept[0])(X)
+        assert kept[0].stat().st_mtime_ns == stamp
+        np.testing.assert_allclose(again, first, rtol=0, atol=0)
+        np.testing.assert_allclose(again, booster.predict(X), rtol=1e-9)
+        changed = lgb.train({"objective": "binary", "verbose": -1}, lgb.Dataset(X, y), 21)
+        base.compile_trees(changed).result()
+        assert len(list(tmp_path.iterdir())) == 2  # another model, another file
+    finally:
+        base.keep_compiled_trees(None)
