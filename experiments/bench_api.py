@@ -59,7 +59,7 @@ def in_process(shop: Path, ids: list[str], seconds: float, env: dict) -> dict:
     from sendwise.serving.runtime import Runtime, ServeSettings
     from sendwise.store.decisions import DecisionLog
 
-    log = DecisionLog(f"sqlite:///{Path(env['SENDWISE_HOME']) / 'inprocess.db'}", serving=True)
+    log = DecisionLog(f"sqlite:///{Path(env['SENDWISE_HOME']) / 'inprocess.db'}")
     runtime = Runtime(ServeSettings(shop), decision_log=log)
     rng = random.Random(0)
     found = {}

@@ -140,7 +140,7 @@ class Runtime:
         for line in passed_over:
             log.warning("champion not loaded: %s", line)
             self.on_reload_failure()
-        self.log = decision_log or DecisionLog(serving=True)
+        self.log = decision_log or DecisionLog()
         self.history = history or send_history(self.log)
         self._stop = threading.Event()
         self.trigger_runner: TriggerRunner | None = None

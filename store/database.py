@@ -4,9 +4,7 @@ under the sendwise home by default, or the server a URL in the environment names
 from __future__ import annotations
 
 import fcntl
-import logging
 import os
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,8 +12,6 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from .settings import home
-
-log = logging.getLogger(__name__)
 
 
 def database_url(variable: str, default_file: str) -> str:
@@ -31,12 +27,9 @@ def database_url(variable: str, default_file: str) -> str:
     return f"sqlite:///{home() / default_file}"
 
 
-def open_engine(url: str, synchronous: str = "NORMAL", checkpoints: bool = True) -> sa.Engine:
+def open_engine(url: str, synchronous: str = "NORMAL") -> sa.Engine:
     """An engine; on SQLite in WAL mode (readers never wait for the writer) with the given
-    `synchronous` level (FULL: a commit survives a power cut, not only a crash).
-    `checkpoints` False: commits never copy the WAL back into the database themselves, a
-    `Checkpointer` does (SQLite does it in the commit that passes 1,000 pages, a few
-    milliseconds that fell on every 165th `/decide` call)."""
+    `synchronous` level (FULL: a commit survives a power cut, not only a crash)."""
     sqlite = url.startswith("sqlite")
     engine = sa.create_engine(url, pool_pre_ping=not sqlite)
     if sqlite:
@@ -48,36 +41,10 @@ def open_engine(url: str, synchronous: str = "NORMAL", checkpoints: bool = True)
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute(f"PRAGMA synchronous={synchronous}")
             cursor.execute("PRAGMA busy_timeout=30000")
-            if not checkpoints:
-                cursor.execute("PRAGMA wal_autocheckpoint=0")
             cursor.close()
 
         sa.event.listen(engine, "connect", pragmas)
     return engine
-
-
-class Checkpointer:
-    """Copies a SQLite database's WAL back into it every `seconds`, in a daemon thread, for
-    an engine opened with `checkpoints=False`: passive checkpoints, which never block a
-    writer, so a request's commit never waits for one. Nothing to do on a server."""
-
-    def __init__(self, engine: sa.Engine, seconds: float = 1.0):
-        self._stop = threading.Event()
-        if engine.dialect.name != "sqlite":
-            return
-
-        def loop() -> None:
-            while not self._stop.wait(seconds):
-                try:
-                    with engine.connect() as connection:
-                        connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
-                except sa.exc.SQLAlchemyError as error:  # e.g. the file gone: try again
-                    log.warning("WAL checkpoint of %s failed: %s", engine.url.database, error)
-
-        threading.Thread(target=loop, name="wal-checkpoints", daemon=True).start()
-
-    def stop(self) -> None:
-        self._stop.set()
 
 
 def placeholder(engine: sa.Engine) -> str:

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 
 from sendwise.errors import SendwiseError
 
-from .database import Checkpointer, database_url, open_engine, placeholder
+from .database import database_url, open_engine, placeholder
 from .files import constant, json_array
 
 metadata = sa.MetaData()
@@ -155,12 +155,9 @@ class DecisionLog:
     """Append-only log of served and exported decisions, and the send history frequency
     caps read."""
 
-    def __init__(self, url: str | None = None, serving: bool = False):
-        """`serving`: commits return at once; WAL checkpoints run beside them (a server's
-        log, where a request waiting on one shows in its latency)."""
+    def __init__(self, url: str | None = None):
         self.url = url or log_url()
-        self.engine = open_engine(self.url, checkpoints=not serving)
-        self._checkpointer = Checkpointer(self.engine) if serving else None
+        self.engine = open_engine(self.url)
         had_sends = sa.inspect(self.engine).has_table("sends")
         metadata.create_all(self.engine, checkfirst=True)
         self._upgrade(had_sends)
@@ -378,8 +375,6 @@ class DecisionLog:
             return connection.execute(sa.select(sa.func.count()).select_from(decisions)).scalar()
 
     def close(self) -> None:
-        if self._checkpointer is not None:
-            self._checkpointer.stop()
         self.engine.dispose()
 
 

@@ -4,7 +4,6 @@ whole or absent, and the send history frequency caps read comes back right."""
 from __future__ import annotations
 
 import json
-import time
 from datetime import UTC, datetime, timedelta
 
 import polars as pl
@@ -132,23 +131,3 @@ def test_export_reads_back_what_was_logged_with_lists_and_filters(log):
     assert everything.row(1, named=True)["holdout_kind"] == "global"
     assert log.read(campaign="c2")["decision_id"].to_list() == ["d3"]
     assert log.read(since=T0 + timedelta(days=1))["decision_id"].to_list() == ["d3"]
-
-
-def test_a_serving_log_commits_without_checkpoints_and_checkpoints_beside(tmp_path):
-    """A server's commits never copy the WAL back themselves; its checkpointer does, within
-    about a second, so the WAL never waits for the last connection to close."""
-    path = tmp_path / "served.db"
-    log = DecisionLog(f"sqlite:///{path}", serving=True)
-    try:
-        with log.engine.connect() as connection:
-            assert connection.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
-        rows = [decision(i, f"c{i}") for i in range(3_000)]  # past 1,000 WAL pages
-        log.append("b1", T0, batch("c1", *rows))
-        before = path.stat().st_size
-        deadline = time.monotonic() + 10
-        while path.stat().st_size <= before and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert path.stat().st_size > before  # the decisions reached the database file
-        assert len(log.read()) == 3_000
-    finally:
-        log.close()
