@@ -14,6 +14,7 @@ import logging
 import sys
 import time
 import traceback
+from collections.abc import Iterator
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -35,6 +36,7 @@ from sendwise.features.shop import (
     read_shop,
     shop_name,
     write_shop,
+    write_shop_parts,
 )
 from sendwise.store.files import write_frame
 from sendwise.store.settings import home
@@ -118,18 +120,26 @@ def simulate_command(
         return
     if out_dir is None:
         raise SendwiseError("simulate needs --out DIR (or: simulate respond --shop DIR)")
-    from sendwise.features.simulate import SimulationSettings, simulate
+    from sendwise.features.simulate import PART_CUSTOMERS, SimulationSettings, simulate_parts
 
     settings = SimulationSettings(customers=customers, seed=seed, end=parse_as_of(end))
     started = time.perf_counter()
-    with console.status(f"Simulating {customers:,} customers..."):
-        tables, truth = simulate(settings)
-    with console.status(f"Writing {out_dir}..."):
-        write_shop({**tables, "ground_truth/customers": truth}, out_dir, name)
-    rows = ", ".join(f"{table} {len(frame):,}" for table, frame in tables.items())
+    rows: dict[str, int] = {}
+    parts = -(-customers // PART_CUSTOMERS)
+    with progress_bar(f"Simulating {customers:,} customers", parts) as tick:
+
+        def counted() -> Iterator[dict[str, pl.DataFrame]]:
+            for tables, truth in simulate_parts(settings):
+                for table, frame in tables.items():
+                    rows[table] = rows.get(table, 0) + len(frame)
+                yield {**tables, "ground_truth/customers": truth}
+                tick(1)
+
+        write_shop_parts(counted(), out_dir, name)
+    counts = ", ".join(f"{table} {count:,}" for table, count in rows.items())
     out.print(
         f"Wrote {out_dir} (shop {shop_name(out_dir)}) in {time.perf_counter() - started:.1f}s: "
-        f"{rows}"
+        f"{counts}"
     )
 
 
@@ -423,6 +433,15 @@ def tune_command(
         ),
     ] = None,
     study: Annotated[str | None, typer.Option(help="Study name (resumed if it exists).")] = None,
+    engine: Annotated[
+        Engine,
+        typer.Option(
+            "--engine",
+            help="local: trials one after another here; dask: one task per trial on Dask, "
+            "every worker sharing the study in --storage (PostgreSQL on a real cluster).",
+        ),
+    ] = Engine.local,
+    scheduler: SchedulerOption = None,
 ) -> None:
     """Search the model's settings with Optuna (pruning), then train, log and register the
     best as `challenger`."""
@@ -440,7 +459,9 @@ def tune_command(
             trials,
             storage,
             study,
-            progress=lambda _: progress.advance(bar),
+            progress=lambda done: progress.advance(bar, done),
+            engine=engine,
+            scheduler=scheduler,
         )
     registered = result.trained.registered
     out.print(

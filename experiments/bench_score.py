@@ -40,24 +40,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="sendwise-score-") as tmp:
         work = args.work or Path(tmp)
         env = work_env(work)
-        small, large = work / "small", work / "large"
-        trained = None  # reused from an earlier run in --work
-        if not small.is_dir():
-            simulate = ["simulate", "--customers", "20000", "--seed", "1", "--name", "bench"]
-            run_cli([*simulate, "--out", str(small)], env)
-            train = ["train", "all", "--shop", str(small), "--as-of", AS_OF, "--horizon-days", "30"]
-            trained = run_cli(train, env)
-            run_cli(["promote", "all", "--shop", str(small)], env)
-        if not large.is_dir():
-            customers = str(args.customers)
-            # the same shop at scale: its name (shop.toml) finds the champions trained on `small`
-            simulate = ["simulate", "--customers", customers, "--seed", "0", "--name", "bench"]
-            run_cli([*simulate, "--out", str(large)], env)
+        trained = train_champions(work, env)
+        large = work / "large"
+        simulate_shop(large, args.customers, env)
         bucketed = work / f"large-{args.buckets}"
-        partitioned = None
-        if not bucketed.is_dir():
-            partition = ["shop", "partition", "--shop", str(large), "--buckets"]
-            partitioned = run_cli([*partition, str(args.buckets), "--out", str(bucketed)], env)
+        partitioned = partition(large, args.buckets, bucketed, env)
         score = ["score", "--shop", str(bucketed), "--as-of", AS_OF, "--engine", "local", "--out"]
         before = yardstick(large)
         runs = []
@@ -110,6 +97,37 @@ def main() -> None:
         f"Output: {runs[-1]['stdout']}",
     ]
     write_results("score", md, result)
+
+
+def train_champions(work: Path, env: dict) -> dict | None:
+    """Champions of the shop `bench` trained on 20,000 of its customers (the shop at any
+    scale finds them by its name), unless `work` has them: then None."""
+    small = work / "small"
+    if small.is_dir():
+        return None
+    simulate_shop(small, 20_000, env, seed=1)
+    train = ["train", "all", "--shop", str(small), "--as-of", AS_OF, "--horizon-days", "30"]
+    trained = run_cli(train, env)
+    run_cli(["promote", "all", "--shop", str(small)], env)
+    return trained
+
+
+def simulate_shop(out: Path, customers: int, env: dict, seed: int = 0) -> dict | None:
+    """`sendwise simulate` of the shop `bench` into `out`, unless it is there: then None."""
+    if out.is_dir():
+        return None
+    simulate = ["simulate", "--customers", str(customers), "--seed", str(seed)]
+    return run_cli([*simulate, "--name", "bench", "--out", str(out)], env)
+
+
+def partition(shop: Path, buckets: int, out: Path, env: dict) -> dict | None:
+    """`sendwise shop partition` of `shop` into `out`, unless it is there: then None."""
+    if out.is_dir():
+        return None
+    return run_cli(
+        ["shop", "partition", "--shop", str(shop), "--buckets", str(buckets), "--out", str(out)],
+        env,
+    )
 
 
 def row(label: str, run: dict | None, unit: dict) -> str:

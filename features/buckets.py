@@ -16,13 +16,15 @@ A row's bucket is `FNV-1a 64(UTF-8 bytes of customer_id) mod N`: the 64-bit Fowl
 hash, variant 1a (offset basis 14695981039346656037, prime 1099511628211), computed here with
 numpy, so it is the same on every machine and with every library version (Python's `hash` is
 salted per process and Polars' `hash` may change between releases). Rows keep their order
-within a bucket. Tables are typed and checked once, on the way in; every command that reads a
-shop reads a bucketed one as the whole shop, and the engine seam (`engine.py`) runs per-customer
-jobs one bucket at a time.
+within a bucket; a table is split a batch of rows at a time, so a shop larger than memory
+partitions too. Tables are typed and checked once, on the way in; every command that reads
+a shop reads a bucketed one as the whole shop, and the engine seam (`engine.py`) runs
+per-customer jobs one bucket at a time.
 """
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +32,7 @@ import polars as pl
 import pyarrow as pa
 
 from sendwise.errors import SendwiseError
-from sendwise.store.files import atomic_path
+from sendwise.store.files import PartWriter, atomic_path
 
 from .contract import TABLES
 from .engine import Progress
@@ -49,6 +51,8 @@ MAX_BUCKETS = 100_000  # bucket directories are numbered with five digits
 FNV_OFFSET = np.uint64(14_695_981_039_346_656_037)
 FNV_PRIME = np.uint64(1_099_511_628_211)
 _BUCKET = "__bucket"
+BATCH_ROWS = 2_000_000  # rows split at a time: memory holds a batch, not a table
+OPEN_FILES = 256  # bucket files written at once; more buckets take more passes
 
 
 def fnv1a_64(ids: pl.Series) -> np.ndarray:
@@ -106,24 +110,45 @@ def partition_shop(
             bucket_dir(staging, index).mkdir(parents=True)
         for name in TABLES:
             if name in shop.present:
-                frame = shop.table(name).collect()
-                rows[name] = len(frame)
+                table = shop.table(name)
                 if name in SHARED_TABLES:
+                    frame = table.collect()
+                    rows[name] = len(frame)
                     frame.write_parquet(staging / f"{name}.parquet")
                 else:
-                    _write_buckets(frame, name, buckets, staging)
+                    rows[name] = _write_buckets(table, name, buckets, staging)
             tick(1)
     return rows
 
 
-def _write_buckets(frame: pl.DataFrame, name: str, buckets: int, staging: Path) -> None:
-    """One table into every bucket, in the rows' order; an empty frame where none fall."""
-    parts = frame.with_columns(bucket_of(frame[KEY], buckets)).partition_by(
-        _BUCKET, as_dict=True, include_key=False, maintain_order=True
-    )
-    empty = frame.clear()
-    for index in range(buckets):
-        parts.get((index,), empty).write_parquet(bucket_dir(staging, index) / f"{name}.parquet")
+def _write_buckets(table: pl.LazyFrame, name: str, buckets: int, staging: Path) -> int:
+    """One table into every bucket, in the rows' order, a batch of rows at a time (a table
+    larger than memory splits too); an empty frame where none fall. Returns its rows."""
+    rows = 0
+    for first in range(0, buckets, OPEN_FILES):  # one pass per so many open files
+        group = range(first, min(first + OPEN_FILES, buckets))
+        with ExitStack() as files:
+            writers = {
+                index: files.enter_context(
+                    PartWriter(bucket_dir(staging, index) / f"{name}.parquet", ".parquet")
+                )
+                for index in group
+            }
+            for batch in table.collect_batches(chunk_size=BATCH_ROWS):
+                if first == 0:
+                    rows += len(batch)
+                parts = batch.with_columns(bucket_of(batch[KEY], buckets)).partition_by(
+                    _BUCKET, as_dict=True, include_key=False, maintain_order=True
+                )
+                for (index,), part in parts.items():
+                    if index in writers:
+                        writers[index].write(part)
+        empty = table.clear().collect()
+        for index in group:
+            path = bucket_dir(staging, index) / f"{name}.parquet"
+            if not path.exists():
+                empty.write_parquet(path)
+    return rows
 
 
 def _check_target(source: Path, out: Path) -> None:

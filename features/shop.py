@@ -5,13 +5,15 @@ from __future__ import annotations
 import logging
 import re
 import tomllib
+from collections.abc import Iterable
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
 import polars as pl
 
-from sendwise.store.files import atomic_path
+from sendwise.store.files import PartWriter, atomic_path
 
 from .contract import (
     TABLES,
@@ -294,12 +296,24 @@ def write_shop(
 
     A name with a slash (`ground_truth/customers`) goes into a sub-directory.
     """
+    return write_shop_parts([tables], directory, name)
+
+
+def write_shop_parts(
+    parts: Iterable[dict[str, pl.DataFrame]], directory: str | Path, name: str | None = None
+) -> Path:
+    """`write_shop` of a shop made part by part (`simulate_parts`), each table the parts'
+    rows in order, written as they come: only one part is ever held."""
     directory = Path(directory)
     name = check_shop_name(name) if name else name_from_directory(directory)
-    with atomic_path(directory, directory=True) as staging:
+    with atomic_path(directory, directory=True) as staging, ExitStack() as files:
         (staging / SHOP_FILE).write_text(f'name = "{name}"\n', encoding="utf-8")
-        for name, frame in tables.items():
-            target = staging / f"{name}.parquet"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            frame.write_parquet(target)
+        writers: dict[str, PartWriter] = {}
+        for tables in parts:
+            for table, frame in tables.items():
+                if table not in writers:
+                    target = staging / f"{table}.parquet"
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    writers[table] = files.enter_context(PartWriter(target, ".parquet"))
+                writers[table].write(frame)
     return directory

@@ -6,12 +6,14 @@ customer-specific regularity, ended by a dropout time), category affinities, som
 product bought again on its replenishment cycle, a cart-abandonment habit, an email habit
 (open and click rates; some inboxes pre-fetch every mail, the "machine opens"), and a
 per-arm uplift for a randomised offer campaign. Everything is vectorised numpy, deterministic
-by seed, so a million customers fit in memory on a small machine.
+by seed. Customers are simulated PART_CUSTOMERS at a time (`simulate_parts`), each part written
+before the next is drawn, so memory stays that of one part however large the shop.
 """
 
 from __future__ import annotations
 
 import zoneinfo
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -53,6 +55,7 @@ CAMPAIGN_ID = "offer_test"
 OUTCOME_DAYS = 14
 EMAIL_EVERY_DAYS = 14
 TRACKED_DAYS = 180  # web and email tracking cover only the last months, as in most shops
+PART_CUSTOMERS = 250_000  # at a time: `simulate --customers 1000000` peaks at 3.7 GiB
 
 
 @dataclass(frozen=True)
@@ -74,19 +77,50 @@ class SimulationSettings:
         return self.end - timedelta(days=OUTCOME_DAYS + 7)
 
 
-class _World:
-    """Per-customer and per-product draws shared by the table generators."""
+@dataclass(frozen=True)
+class _Catalog:
+    """The products: drawn once per shop and shared by every part of its customers."""
 
-    def __init__(self, settings: SimulationSettings):
+    n_products: int
+    product_category: np.ndarray
+    product_price: np.ndarray
+    cum_popularity: np.ndarray
+    replenish_days: np.ndarray
+    product_ids: pl.Series
+
+
+class _World:
+    """Per-customer and per-product draws shared by the table generators, for the customers
+    `first` to `first + count` of the shop (a part; `simulate_parts`). The first part draws
+    from the seed as a whole shop does, then the catalogue; every later part draws from the
+    seed and its own number, and shares the first part's catalogue. Order and session
+    numbers continue from `first_order` and `first_session`."""
+
+    def __init__(
+        self,
+        settings: SimulationSettings,
+        first: int = 0,
+        count: int | None = None,
+        part: int = 0,
+        catalog: _Catalog | None = None,
+        first_order: int = 0,
+        first_session: int = 0,
+    ):
         self.s = settings
-        self.rng = np.random.default_rng(settings.seed)
+        self.first, self.n, self.part = first, settings.customers if count is None else count, part
+        self.first_order, self.first_session = first_order, first_session
+        self.next_order, self.next_session = first_order, first_session  # once numbered
+        self.rng = np.random.default_rng(settings.seed if part == 0 else [settings.seed, part])
         self.days = settings.history_days
         self._customers()
-        self._products()
+        self.catalog = catalog or self._catalog()
+        consumables = np.flatnonzero(~np.isnan(self.catalog.replenish_days))
+        has_staple = (self.rng.random(self.n) < 0.45) & ~self.is_lead
+        self.staple = np.where(has_staple, self.rng.choice(consumables, self.n), -1)
         self.offsets = _utc_offsets_days([z for _, z, _ in ZONES], settings.start, self.days + 2)
 
     def _customers(self) -> None:
-        rng, n = self.rng, self.s.customers
+        rng, n = self.rng, self.n
         shares = np.array([w for *_, w in ZONES])
         self.zone = rng.choice(len(ZONES), n, p=shares / shares.sum())
         self.created = rng.uniform(0, self.days, n)
@@ -111,30 +145,34 @@ class _World:
         self.bounces = rng.random(n) < 0.01
         self.opt_in = rng.random(n) < 0.88
         self.ids = (
-            pl.int_range(1, n + 1, eager=True).cast(pl.String).str.zfill(7).alias("customer_id")
+            pl.int_range(self.first + 1, self.first + n + 1, eager=True)
+            .cast(pl.String)
+            .str.zfill(7)
+            .alias("customer_id")
         )
         self.ids = pl.select(pl.concat_str(pl.lit("c"), self.ids)).to_series()
 
-    def _products(self) -> None:
+    def _catalog(self) -> _Catalog:
         rng = self.rng
         n = int(np.clip(self.s.customers // 40, 240, 6000))
-        self.n_products = n
-        self.product_category = np.sort(rng.integers(0, len(CATEGORIES), n))
-        self.cat_start = np.searchsorted(self.product_category, np.arange(len(CATEGORIES)))
-        median = np.array([p for *_, p in CATEGORIES])[self.product_category]
-        self.product_price = np.round(median * rng.lognormal(0, 0.35, n), 2)
+        product_category = np.sort(rng.integers(0, len(CATEGORIES), n))
+        median = np.array([p for *_, p in CATEGORIES])[product_category]
+        product_price = np.round(median * rng.lognormal(0, 0.35, n), 2)
         popularity = rng.zipf(1.6, n).astype(float)
-        self.cum_popularity = np.empty(n)
+        cum_popularity = np.empty(n)
         for c in range(len(CATEGORIES)):  # within-category CDF, offset by the category index
-            members = self.product_category == c
+            members = product_category == c
             weights = popularity[members]
-            self.cum_popularity[members] = c + np.cumsum(weights) / weights.sum()
-        cycle = np.array([d for _, d, _ in CATEGORIES])[self.product_category]
-        self.replenish_days = np.where(cycle > 0, cycle * rng.choice([0.75, 1, 1.5], n), np.nan)
-        self.product_ids = pl.Series("product_id", [f"p{i:05d}" for i in range(1, n + 1)])
-        consumables = np.flatnonzero(cycle > 0)
-        has_staple = (rng.random(self.s.customers) < 0.45) & ~self.is_lead
-        self.staple = np.where(has_staple, rng.choice(consumables, self.s.customers), -1)
+            cum_popularity[members] = c + np.cumsum(weights) / weights.sum()
+        cycle = np.array([d for _, d, _ in CATEGORIES])[product_category]
+        return _Catalog(
+            n_products=n,
+            product_category=product_category,
+            product_price=product_price,
+            cum_popularity=cum_popularity,
+            replenish_days=np.where(cycle > 0, cycle * rng.choice([0.75, 1, 1.5], n), np.nan),
+            product_ids=pl.Series("product_id", [f"p{i:05d}" for i in range(1, n + 1)]),
+        )
 
     # --- sampling helpers -----------------------------------------------------------------
 
@@ -144,7 +182,9 @@ class _World:
         u = self.rng.random(len(customer))[:, None]
         category = np.minimum((u > cum_affinity).sum(axis=1), len(CATEGORIES) - 1)
         draw = category + self.rng.random(len(customer))
-        return np.minimum(np.searchsorted(self.cum_popularity, draw), self.n_products - 1)
+        return np.minimum(
+            np.searchsorted(self.catalog.cum_popularity, draw), self.catalog.n_products - 1
+        )
 
     def local_hour(self, customer: np.ndarray) -> np.ndarray:
         """Fractional local hour of day: near the preferred hour with the customer's focus."""
@@ -211,7 +251,7 @@ def _purchase_times(w: _World) -> tuple[np.ndarray, np.ndarray]:
 def _staple_times(w: _World) -> tuple[np.ndarray, np.ndarray]:
     """Re-purchases of each customer's staple on its replenishment cycle."""
     holders = np.flatnonzero(w.staple >= 0)
-    cycle = w.replenish_days[w.staple[holders]]
+    cycle = w.catalog.replenish_days[w.staple[holders]]
     begin = w.first_purchase[holders] + w.rng.uniform(0, 1, holders.size) * cycle
     stop = np.minimum(w.dropout[holders], w.days)
     count = np.clip(np.floor((stop - begin) / cycle) + 1, 0, 200).astype(np.int64)
@@ -241,7 +281,7 @@ def _order_table(w: _World, orders: _Orders) -> pl.DataFrame:
     staple_line = orders.staple[order_of_line]
     product[staple_line] = w.staple[customer[staple_line]]
     quantity = 1 + w.rng.poisson(0.4, customer.size)
-    price = w.product_price[product]
+    price = w.catalog.product_price[product]
     time = orders.time[order_of_line]
     discount = orders.discount[order_of_line]
     # some lines come back a few days later as negative quantities
@@ -251,10 +291,11 @@ def _order_table(w: _World, orders: _Orders) -> pl.DataFrame:
     ret = np.flatnonzero(returned)[in_window]
     order_number = np.concatenate([order_of_line, order_of_line[ret]])
     prefix = np.concatenate([np.zeros(customer.size, bool), np.ones(ret.size, bool)])
+    w.next_order = w.first_order + n_orders
     order_id = pl.select(
         pl.concat_str(
             pl.when(pl.Series(prefix)).then(pl.lit("R")).otherwise(pl.lit("O")),
-            pl.Series(order_number + 1).cast(pl.String).str.zfill(8),
+            pl.Series(w.first_order + order_number + 1).cast(pl.String).str.zfill(8),
         )
     ).to_series()
     all_customer = np.concatenate([customer, customer[ret]])
@@ -263,7 +304,7 @@ def _order_table(w: _World, orders: _Orders) -> pl.DataFrame:
         {
             "order_id": order_id,
             "customer_id": w.ids.gather(all_customer),
-            "product_id": w.product_ids.gather(all_product),
+            "product_id": w.catalog.product_ids.gather(all_product),
             "ordered_at": w.stamp(np.concatenate([time, return_time[in_window]])),
             "quantity": np.concatenate([quantity, -quantity[ret]]),
             "unit_price": np.concatenate([price, price[ret]]),
@@ -281,9 +322,30 @@ def _order_table(w: _World, orders: _Orders) -> pl.DataFrame:
     )
 
 
+def _product_table(w: _World) -> pl.DataFrame:
+    catalog = w.catalog
+    names = np.array([c for c, *_ in CATEGORIES])
+    return pl.DataFrame(
+        {
+            "product_id": catalog.product_ids,
+            "title": pl.Series(
+                [
+                    f"{CATEGORIES[c][0].replace('_', ' ')} item {i + 1}"
+                    for i, c in enumerate(catalog.product_category)
+                ]
+            ),
+            "category": pl.Series(names[catalog.product_category]),
+            "price": catalog.product_price,
+            "margin": np.round(w.rng.uniform(0.2, 0.6, catalog.n_products), 2),
+            "in_stock": w.rng.random(catalog.n_products) < 0.95,
+            "replenish_days": catalog.replenish_days,
+        }
+    )
+
+
 def _campaign(w: _World) -> tuple[pl.DataFrame, _Orders, np.ndarray, np.ndarray]:
     """The randomised offer test: assignments, the extra orders it caused, and the true uplift."""
-    n = w.s.customers
+    n = w.n
     at = (w.s.campaign_at - w.s.start).total_seconds() / 86_400
     eligible = np.flatnonzero(w.opt_in & (w.created < at))
     arm = w.rng.choice(len(ARMS), eligible.size, p=ARM_PROBABILITIES)
@@ -339,6 +401,7 @@ def _web_events(w: _World, purchase_customer: np.ndarray, purchase_time: np.ndar
     n_browse = owner.size
     per_session = np.concatenate([views + searched + carted, np.full(buyer.size, 3)])
     session_of, rank = _ragged(per_session)
+    w.next_session = w.first_session + per_session.size
     customer = session_customer[session_of]
     time = session_start[session_of] + rank * w.rng.uniform(0.5, 3, session_of.size) / 1440
     browse = session_of < n_browse
@@ -357,8 +420,8 @@ def _web_events(w: _World, purchase_customer: np.ndarray, purchase_time: np.ndar
                 "customer_id": w.ids.gather(customer[keep]),
                 "occurred_at": w.stamp(time[keep]),
                 "event_type": pl.Series(kind[keep].astype(str)),
-                "product_id": w.product_ids.gather(product[keep]),
-                "session_id": pl.Series(session_of[keep] + 1).cast(pl.String),
+                "product_id": w.catalog.product_ids.gather(product[keep]),
+                "session_id": pl.Series(w.first_session + session_of[keep] + 1).cast(pl.String),
             }
         )
         .with_columns(
@@ -434,7 +497,29 @@ def _email_events(w: _World) -> pl.DataFrame:
 
 def simulate(settings: SimulationSettings) -> tuple[dict[str, pl.DataFrame], pl.DataFrame]:
     """The six tables of a synthetic shop, and the per-customer ground truth."""
-    w = _World(settings)
+    parts = list(simulate_parts(settings))
+    tables = {
+        name: pl.concat([part[name] for part, _ in parts if name in part]) for name in parts[0][0]
+    }
+    return tables, pl.concat([truth for _, truth in parts])
+
+
+def simulate_parts(
+    settings: SimulationSettings, part_customers: int = PART_CUSTOMERS
+) -> Iterator[tuple[dict[str, pl.DataFrame], pl.DataFrame]]:
+    """`simulate`, `part_customers` customers at a time: their tables and ground truth, the
+    catalogue (`products`) with the first part only. A shop of up to `part_customers`
+    customers is one part; a larger one never needs more memory than a part."""
+    catalog, first_order, first_session = None, 0, 0
+    for part, first in enumerate(range(0, settings.customers, part_customers)):
+        count = min(part_customers, settings.customers - first)
+        w = _World(settings, first, count, part, catalog, first_order, first_session)
+        tables, truth = _simulate_part(w)
+        catalog, first_order, first_session = w.catalog, w.next_order, w.next_session
+        yield tables, truth
+
+
+def _simulate_part(w: _World) -> tuple[dict[str, pl.DataFrame], pl.DataFrame]:
     regular_customer, regular_time = _purchase_times(w)
     staple_customer, staple_time = _staple_times(w)
     assignments, extra, uplift_shipping, uplift_discount = _campaign(w)
@@ -470,26 +555,10 @@ def simulate(settings: SimulationSettings) -> tuple[dict[str, pl.DataFrame], pl.
             "email_opt_in": w.opt_in,
         }
     )
-    products = pl.DataFrame(
-        {
-            "product_id": w.product_ids,
-            "title": pl.Series(
-                [
-                    f"{CATEGORIES[c][0].replace('_', ' ')} item {i + 1}"
-                    for i, c in enumerate(w.product_category)
-                ]
-            ),
-            "category": pl.Series(np.array([c for c, *_ in CATEGORIES])[w.product_category]),
-            "price": w.product_price,
-            "margin": np.round(w.rng.uniform(0.2, 0.6, w.n_products), 2),
-            "in_stock": w.rng.random(w.n_products) < 0.95,
-            "replenish_days": w.replenish_days,
-        }
-    )
-    tables = {
-        "orders": order_table,
-        "customers": customers,
-        "products": products,
+    tables = {"orders": order_table, "customers": customers}
+    if w.part == 0:  # the catalogue is the first part's
+        tables["products"] = _product_table(w)
+    tables |= {
         "events": _web_events(w, regular_customer, regular_time),
         "email_events": _email_events(w),
         "assignments": assignments,
@@ -505,9 +574,9 @@ def simulate(settings: SimulationSettings) -> tuple[dict[str, pl.DataFrame], pl.
             "regularity": w.regularity,
             "dropout_at": w.stamp(np.minimum(w.dropout, 10 * w.days)),
             "top_category": pl.Series(np.array([c for c, *_ in CATEGORIES])[w.affinity.argmax(1)]),
-            "staple_product_id": w.product_ids.gather(np.maximum(w.staple, 0)),
+            "staple_product_id": w.catalog.product_ids.gather(np.maximum(w.staple, 0)),
             "staple_cycle_days": np.where(
-                w.staple >= 0, w.replenish_days[np.maximum(w.staple, 0)], np.nan
+                w.staple >= 0, w.catalog.replenish_days[np.maximum(w.staple, 0)], np.nan
             ),
             "cart_abandon_prob": w.cart_abandon,
             "open_prob": w.open_prob,

@@ -22,10 +22,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import IO
 
 import polars as pl
-import pyarrow.parquet as pq
 
 from sendwise.errors import SendwiseError
 from sendwise.features import builders
@@ -40,7 +38,7 @@ from sendwise.policy.config import Settings
 from sendwise.policy.decide import SNAPSHOT_SCHEMA, Context, Snapshot, decide
 from sendwise.store import registry
 from sendwise.store.decisions import DecisionLog
-from sendwise.store.files import atomic_path, frame_path, lists_as_json
+from sendwise.store.files import PartWriter, atomic_path, frame_path
 from sendwise.store.sends import SendHistory, send_history
 from sendwise.store.settings import home
 
@@ -504,41 +502,6 @@ def _assemble(
 
         decision_log.append_parts(batch_id, as_of, numbered())
     return sent
-
-
-class PartWriter:
-    """Frames appended to one Parquet or CSV file, part by part."""
-
-    def __init__(self, path: Path, suffix: str):
-        self.path, self.suffix = path, suffix
-        self._parquet: pq.ParquetWriter | None = None
-        self._csv: IO[bytes] | None = None
-
-    def __enter__(self) -> PartWriter:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.close()
-
-    def write(self, frame: pl.DataFrame) -> None:
-        if self.suffix == ".parquet":
-            table = frame.to_arrow()
-            if self._parquet is None:
-                self._parquet = pq.ParquetWriter(self.path, table.schema)
-            self._parquet.write_table(table)
-            return
-        first = self._csv is None
-        if first:
-            self._csv = self.path.open("wb")
-        lists_as_json(frame).write_csv(self._csv, include_header=first)
-
-    def close(self) -> None:
-        if self._parquet is not None:
-            self._parquet.close()
-            self._parquet = None
-        if self._csv is not None:
-            self._csv.close()
-            self._csv = None
 
 
 def export_decisions(

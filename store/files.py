@@ -9,8 +9,10 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 import polars as pl
+import pyarrow.parquet as pq
 
 from sendwise.errors import SendwiseError
 
@@ -95,3 +97,39 @@ def lists_as_json(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.with_columns(
         json_array(name) for name, kind in frame.schema.items() if isinstance(kind, pl.List)
     )
+
+
+class PartWriter:
+    """Frames appended to one Parquet (a row group each) or CSV file, part by part: a table
+    too large to hold is written as it is made."""
+
+    def __init__(self, path: Path, suffix: str):
+        self.path, self.suffix = path, suffix
+        self._parquet: pq.ParquetWriter | None = None
+        self._csv: IO[bytes] | None = None
+
+    def __enter__(self) -> PartWriter:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def write(self, frame: pl.DataFrame) -> None:
+        if self.suffix == ".parquet":
+            table = frame.to_arrow()
+            if self._parquet is None:
+                self._parquet = pq.ParquetWriter(self.path, table.schema, compression="zstd")
+            self._parquet.write_table(table)
+            return
+        first = self._csv is None
+        if first:
+            self._csv = self.path.open("wb")
+        lists_as_json(frame).write_csv(self._csv, include_header=first)
+
+    def close(self) -> None:
+        if self._parquet is not None:
+            self._parquet.close()
+            self._parquet = None
+        if self._csv is not None:
+            self._csv.close()
+            self._csv = None

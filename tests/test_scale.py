@@ -16,6 +16,7 @@ from polars.testing import assert_frame_equal
 from typer.testing import CliRunner
 
 from sendwise.cli.main import app
+from sendwise.features import buckets as buckets_module
 from sendwise.features import builders
 from sendwise.features.buckets import bucket_of, fnv1a_64, partition_shop
 from sendwise.features.contract import ContractError
@@ -121,7 +122,12 @@ def test_partition_puts_every_row_in_exactly_one_bucket(sim, bucketed):
         )
 
 
-def test_partition_is_the_same_on_a_rerun(sim, bucketed, tmp_path):
+def test_partition_is_the_same_on_a_rerun_and_in_small_batches(
+    sim, bucketed, tmp_path, monkeypatch
+):
+    # a shop larger than memory is split a batch of rows at a time, a few files at once
+    monkeypatch.setattr(buckets_module, "BATCH_ROWS", 997)
+    monkeypatch.setattr(buckets_module, "OPEN_FILES", 3)
     again = partition_shop(sim, 7, tmp_path / "again")
     assert again["orders"] == read_shop(sim).orders.collect().height
     for name in CUSTOMER_TABLES:

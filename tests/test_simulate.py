@@ -10,7 +10,14 @@ import pytest
 
 from sendwise.features import builders
 from sendwise.features.contract import TABLES
-from sendwise.features.simulate import ARM_PROBABILITIES, ARMS, SimulationSettings, simulate
+from sendwise.features.shop import read_shop, write_shop_parts
+from sendwise.features.simulate import (
+    ARM_PROBABILITIES,
+    ARMS,
+    SimulationSettings,
+    simulate,
+    simulate_parts,
+)
 
 
 def test_same_seed_same_shop_other_seed_other_shop():
@@ -21,6 +28,31 @@ def test_same_seed_same_shop_other_seed_other_shop():
         assert first[name].equals(again[name]), name
     assert truth.equals(truth_again)
     assert not first["orders"].equals(other["orders"])
+
+
+def test_a_large_shop_is_simulated_and_written_part_by_part(tmp_path):
+    settings = SimulationSettings(customers=2_500, seed=5)
+    parts = list(simulate_parts(settings, part_customers=1_000))
+    assert len(parts) == 3
+    # the first part is drawn as a shop of its own; the catalogue comes with it alone
+    first, _ = simulate(SimulationSettings(customers=1_000, seed=5))
+    assert ["products" in tables for tables, _ in parts] == [True, False, False]
+    assert parts[0][0]["assignments"].equals(first["assignments"])
+    assert not parts[1][0]["orders"].equals(parts[2][0]["orders"])
+    write_shop_parts(({**t, "ground_truth/customers": g} for t, g in parts), tmp_path / "shop")
+    shop = read_shop(tmp_path / "shop").collect()  # checked against the contract
+    assert shop["customers"]["customer_id"].n_unique() == 2_500
+    assert shop["products"].equals(first["products"])
+    orders, events = shop["orders"], shop["events"]
+    # order and session numbers go on from part to part: each stays one customer's
+    for frame, key in ((orders, "order_id"), (events, "session_id")):
+        owners = frame.group_by(key).agg(pl.col("customer_id").n_unique())["customer_id"]
+        assert owners.max() == 1, key
+    for tables, _ in parts:  # every part has its buyers (1,000, 1,000, 500 customers)
+        buyers = tables["orders"]["customer_id"].n_unique()
+        assert buyers > 0.7 * tables["customers"].height
+    truth = pl.read_parquet(tmp_path / "shop" / "ground_truth" / "customers.parquet")
+    assert truth["customer_id"].to_list() == shop["customers"]["customer_id"].to_list()
 
 
 def test_all_six_tables_pass_the_contract(simulated, simulated_shop):

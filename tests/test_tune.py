@@ -51,7 +51,7 @@ def test_tuning_stores_the_study_in_sqlite_and_registers_the_best(shop, mlflow_h
     check_tuned(result, result.storage)
 
 
-def test_tuning_against_a_real_postgresql_server(shop, mlflow_home):
+def require_postgres() -> None:
     import sqlalchemy
 
     try:
@@ -60,6 +60,10 @@ def test_tuning_against_a_real_postgresql_server(shop, mlflow_home):
         if os.environ.get("CI"):
             raise  # CI's machine runs PostgreSQL: not reaching it is a failure there
         pytest.skip(f"no PostgreSQL at {POSTGRES}: {error}")
+
+
+def test_tuning_against_a_real_postgresql_server(shop, mlflow_home):
+    require_postgres()
     name = f"test-{uuid.uuid4().hex[:8]}"
     try:
         result = tune_propensity(
@@ -72,5 +76,40 @@ def test_tuning_against_a_real_postgresql_server(shop, mlflow_home):
             seed=SEED,
         )
         check_tuned(result, POSTGRES)
+    finally:
+        optuna.delete_study(study_name=name, storage=POSTGRES)
+
+
+def test_tuning_on_dask_workers_shares_one_study_in_postgresql(shop, mlflow_home):
+    from distributed import LocalCluster
+
+    require_postgres()
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    trials = 3
+    try:
+        with LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster:
+            result = tune_propensity(
+                shop,
+                AS_OF,
+                HORIZON,
+                trials=trials,
+                storage=POSTGRES,
+                study_name=name,
+                seed=SEED,
+                engine="dask",
+                scheduler=cluster.scheduler_address,
+            )
+            workers = set(cluster.scheduler.workers)
+        study = optuna.load_study(study_name=name, storage=POSTGRES)
+        assert len(study.trials) == result.trials == trials
+        # every trial ran on a worker of the cluster, each drawing its own settings
+        assert {t.user_attrs["worker"] for t in study.trials} <= workers
+        assert len({tuple(sorted(t.params.items())) for t in study.trials}) == trials
+        assert result.best_value == pytest.approx(study.best_value)
+        version = registry.alias_version("shop", "propensity", "challenger")
+        run = registry.client().get_run(version.run_id)
+        assert run.data.tags["optuna_study"] == name
     finally:
         optuna.delete_study(study_name=name, storage=POSTGRES)

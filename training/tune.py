@@ -2,7 +2,8 @@
 
 Each trial fits on cut-offs whose outcomes end by T - H and is judged (ROC-AUC) on
 (T - H, T]; unpromising trials are pruned while boosting. The study lives in SQLite under the
-sendwise home unless a storage URL (e.g. PostgreSQL) is given. Each trial is fitted and judged
+sendwise home unless a storage URL (e.g. PostgreSQL) is given; on `--engine dask` each trial
+is a task on a Dask worker, every worker sharing that one study. Each trial is fitted and judged
 exactly as `train` validates a model, so the best trial's figure is the one registered. The best
 settings are then trained like any model (`train`), logged to MLflow with the trial, and made
 the shop's challenger unless the current challenger does better on the same window.
@@ -14,9 +15,12 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import numpy as np
 import optuna
+import polars as pl
 from optuna_integration import LightGBMPruningCallback
 
+from sendwise.features.engine import Engine, Progress, dask_client
 from sendwise.features.shop import Shop
 from sendwise.models.metrics import propensity_metrics
 from sendwise.models.propensity import PurchasePropensity
@@ -59,6 +63,57 @@ def suggest(trial: optuna.Trial) -> dict:
     }
 
 
+@dataclass(frozen=True)
+class _Search:
+    """What every trial fits and judges on: pickled once to each Dask worker."""
+
+    X: pl.DataFrame
+    y: np.ndarray
+    X_valid: pl.DataFrame
+    y_valid: np.ndarray
+    calibration: np.ndarray
+    seed: int
+
+    def objective(self, trial: optuna.Trial) -> float:
+        # fitted and judged exactly as `train` validates a model, so the best trial's figure
+        # is the one its registered version records
+        model = PurchasePropensity(random_state=self.seed, **suggest(trial)).fit(
+            self.X,
+            self.y,
+            calibration=self.calibration,
+            eval_set=(self.X_valid, self.y_valid),
+            callbacks=[LightGBMPruningCallback(trial, "auc")],
+        )
+        return propensity_metrics(self.y_valid, model.predict_proba(self.X_valid))["roc_auc"]
+
+
+def _study(name: str, storage: str, seed: int, create: bool = False) -> optuna.Study:
+    """The study in `storage`: TPE sampling from `seed`, median pruning."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    settings = {
+        "study_name": name,
+        "storage": storage,
+        "sampler": optuna.samplers.TPESampler(seed=seed),
+        "pruner": optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=50),
+    }
+    if create:
+        return optuna.create_study(direction="maximize", load_if_exists=True, **settings)
+    return optuna.load_study(**settings)
+
+
+def _trial(number: int, search: _Search, study_name: str, storage: str) -> None:
+    """One trial on a Dask worker, in the shared study; each task samples from its own seed,
+    so workers starting together do not draw the same settings."""
+    from distributed import get_worker
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.set_user_attr("worker", get_worker().address)  # where it ran, in the study
+        return search.objective(trial)
+
+    _study(study_name, storage, search.seed + 1 + number).optimize(objective, n_trials=1)
+
+
 def tune_propensity(
     shop: Shop,
     as_of: datetime,
@@ -67,8 +122,13 @@ def tune_propensity(
     storage: str | None = None,
     study_name: str | None = None,
     seed: int = 0,
-    progress=None,
+    progress: Progress | None = None,
+    engine: Engine | str = Engine.local,
+    scheduler: str | None = None,
 ) -> TuneResult:
+    """Search, then train the best trial's settings and register them. `engine` dask runs
+    one task per trial on a Dask cluster, every worker reading and writing the one study in
+    `storage` (which every worker must reach: PostgreSQL on a real cluster)."""
     storage = storage or default_storage()
     study_name = study_name or f"propensity-{as_of:%Y%m%d}-h{horizon_days}"
     cutoff = as_of - timedelta(days=horizon_days)
@@ -76,35 +136,35 @@ def tune_propensity(
     train_frame = labelled(shop, cutoffs, horizon_days, buyers_only=True).frame
     valid = labelled(shop, [cutoff], horizon_days, buyers_only=True).frame
     features = propensity_features(train_frame)
-    X, y = train_frame.select(features), train_frame["purchased"].to_numpy()
-    X_valid, y_valid = valid.select(features), valid["purchased"].to_numpy()
-
-    calibration = (train_frame["cutoff"] == cutoffs[0]).to_numpy()
-
-    def objective(trial: optuna.Trial) -> float:
-        # fitted and judged exactly as `train` validates a model, so the best trial's figure
-        # is the one its registered version records
-        model = PurchasePropensity(random_state=seed, **suggest(trial)).fit(
-            X,
-            y,
-            calibration=calibration,
-            eval_set=(X_valid, y_valid),
-            callbacks=[LightGBMPruningCallback(trial, "auc")],
-        )
-        return propensity_metrics(y_valid, model.predict_proba(X_valid))["roc_auc"]
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    study = optuna.create_study(
-        study_name=study_name,
-        storage=storage,
-        direction="maximize",
-        load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=seed),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=50),
+    search = _Search(
+        train_frame.select(features),
+        train_frame["purchased"].to_numpy(),
+        valid.select(features),
+        valid["purchased"].to_numpy(),
+        (train_frame["cutoff"] == cutoffs[0]).to_numpy(),
+        seed,
     )
-    callbacks = [lambda study, trial: progress(trial.number)] if progress else []
-    study.optimize(objective, n_trials=trials, callbacks=callbacks)
+    study = _study(study_name, storage, seed, create=True)
+    tick = progress or (lambda _: None)
+    if Engine(engine) is Engine.local:
+        study.optimize(search.objective, n_trials=trials, callbacks=[lambda *_: tick(1)])
+    else:
+        from distributed import as_completed
+
+        first = len(study.trials)  # a resumed study: new tasks, new seeds
+        with dask_client(scheduler) as client:
+            shared = client.scatter(search, broadcast=True)
+            futures = client.map(
+                _trial,
+                range(first, first + trials),
+                search=shared,
+                study_name=study_name,
+                storage=storage,
+                pure=False,
+            )
+            for future in as_completed(futures):
+                future.result()  # a trial's error stops the search, as it does here
+                tick(1)
     best = study.best_trial
     trained = train(
         "propensity",
