@@ -124,7 +124,7 @@ def partition_shop(
 def _write_buckets(table: pl.LazyFrame, name: str, buckets: int, staging: Path) -> int:
     """One table into every bucket, in the rows' order, a batch of rows at a time (a table
     larger than memory splits too); an empty frame where none fall. Returns its rows."""
-    rows = 0
+    rows, empty = 0, table.clear().collect()
     for first in range(0, buckets, OPEN_FILES):  # one pass per so many open files
         group = range(first, min(first + OPEN_FILES, buckets))
         with ExitStack() as files:
@@ -143,7 +143,6 @@ def _write_buckets(table: pl.LazyFrame, name: str, buckets: int, staging: Path) 
                 for (index,), part in parts.items():
                     if index in writers:
                         writers[index].write(part)
-        empty = table.clear().collect()
         for index in group:
             path = bucket_dir(staging, index) / f"{name}.parquet"
             if not path.exists():

@@ -305,13 +305,14 @@ def _duplicate_rules(table: Table, schema: pl.Schema) -> list[_Rule]:
     hold a hash each, not their columns), then confirmed on the rows whose hash repeats."""
     rules = []
     if table.unique:
-        key = pl.struct([pl.col(c).cast(pl.String) for c in table.unique])
+        columns = [pl.col(c).cast(pl.String) for c in table.unique]
+        key = pl.struct(columns)
         rules.append(
             _Rule(
                 "+".join(table.unique),
                 "repeats a value that must be unique",
                 key.hash().is_duplicated(),
-                pl.concat_str([pl.col(c).cast(pl.String) for c in table.unique], separator="|"),
+                pl.concat_str(columns, separator="|"),
                 key.is_duplicated(),
             )
         )

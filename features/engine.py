@@ -61,21 +61,35 @@ def run_buckets(
             outputs.append(function(bucket, context))
             tick(1)
         return outputs
+    paths = [Path(bucket).resolve() for bucket in buckets]
+    return run_on_dask(function, paths, context, scheduler, tick)
+
+
+def run_on_dask(
+    function: Callable[[Any, Context], Output],
+    items: Sequence[Any],
+    context: Context,
+    scheduler: str | None = None,
+    progress: Progress | None = None,
+) -> list[Output]:
+    """`function(item, context)` as one Dask task per item, the context sent once to every
+    worker; outputs in item order, the first task's error raised as soon as it comes."""
     from distributed import as_completed
 
+    tick = progress or (lambda _: None)
     with dask_client(scheduler) as client:
         shared = client.scatter(context, broadcast=True)
-        paths = [Path(bucket).resolve() for bucket in buckets]
-        futures = client.map(_call, paths, function=function, context=shared, pure=False)
-        for _ in as_completed(futures):
+        futures = client.map(_call, list(items), function=function, context=shared, pure=False)
+        for future in as_completed(futures):
+            future.result()
             tick(1)
         return client.gather(futures)
 
 
-def _call(bucket: Path, function: Callable[[Path, Any], Output], context: Any) -> Output:
-    """One task on a worker, whatever the function names its parameters: the bucket is named
-    by its path and read there."""
-    return function(bucket, context)
+def _call(item: Any, function: Callable[[Any, Any], Output], context: Any) -> Output:
+    """One task on a worker, whatever the function names its parameters (a bucket is named
+    by its path and read there)."""
+    return function(item, context)
 
 
 @contextmanager

@@ -20,7 +20,7 @@ import optuna
 import polars as pl
 from optuna_integration import LightGBMPruningCallback
 
-from sendwise.features.engine import Engine, Progress, dask_client
+from sendwise.features.engine import Engine, Progress, run_on_dask
 from sendwise.features.shop import Shop
 from sendwise.models.metrics import propensity_metrics
 from sendwise.models.propensity import PurchasePropensity
@@ -102,16 +102,26 @@ def _study(name: str, storage: str, seed: int, create: bool = False) -> optuna.S
     return optuna.load_study(**settings)
 
 
-def _trial(number: int, search: _Search, study_name: str, storage: str) -> None:
+@dataclass(frozen=True)
+class _Trials:
+    """What a trial on a Dask worker needs: the search and the study every worker shares."""
+
+    search: _Search
+    study_name: str
+    storage: str
+
+
+def _trial(number: int, trials: _Trials) -> None:
     """One trial on a Dask worker, in the shared study; each task samples from its own seed,
     so workers starting together do not draw the same settings."""
     from distributed import get_worker
 
     def objective(trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", get_worker().address)  # where it ran, in the study
-        return search.objective(trial)
+        return trials.search.objective(trial)
 
-    _study(study_name, storage, search.seed + 1 + number).optimize(objective, n_trials=1)
+    seed = trials.search.seed + 1 + number
+    _study(trials.study_name, trials.storage, seed).optimize(objective, n_trials=1)
 
 
 def tune_propensity(
@@ -149,22 +159,9 @@ def tune_propensity(
     if Engine(engine) is Engine.local:
         study.optimize(search.objective, n_trials=trials, callbacks=[lambda *_: tick(1)])
     else:
-        from distributed import as_completed
-
         first = len(study.trials)  # a resumed study: new tasks, new seeds
-        with dask_client(scheduler) as client:
-            shared = client.scatter(search, broadcast=True)
-            futures = client.map(
-                _trial,
-                range(first, first + trials),
-                search=shared,
-                study_name=study_name,
-                storage=storage,
-                pure=False,
-            )
-            for future in as_completed(futures):
-                future.result()  # a trial's error stops the search, as it does here
-                tick(1)
+        numbers = range(first, first + trials)
+        run_on_dask(_trial, numbers, _Trials(search, study_name, storage), scheduler, tick)
     best = study.best_trial
     trained = train(
         "propensity",
