@@ -309,6 +309,7 @@ def _experiment(
 def _train_offer(experiment_args: tuple, name: str | None = None) -> None:
     from dataclasses import replace
 
+    from sendwise.policy.config import load_settings
     from sendwise.training.offers import train_offer
 
     with console.status("Reading the experiment..."):
@@ -321,15 +322,37 @@ def _train_offer(experiment_args: tuple, name: str | None = None) -> None:
         tags = {"shop_dir": str(shop.resolve()), "window_days": str(window_days)}
     else:
         table = replace(table, shop=check_shop_name(name) if name else EXPERIMENTS)
+    policy = load_settings().offers.policy("train")  # the margin and costs it is judged at
     with console.status(f"Training offer uplift on {len(table.frame):,} customers..."):
-        result = train_offer(table, tags)
+        result = train_offer(table, tags, policy=policy)
     shown = ", ".join(
         f"{k} {v:.4f}" for k, v in result.metrics.items() if k in ("uplift_at_30", "qini_auc")
     )
     out.print(
         f"{_registered(result.registered)} (shop {table.shop}; arms "
-        f"{', '.join(result.model.arms)}; held-out 30%: {shown})"
+        f"{', '.join(result.model.arms)}; held-out 30%: {shown}; {_serves(result.model, policy)})",
+        markup=False,
     )
+
+
+def _serves(model, policy) -> str:
+    """What the offer policy will serve from the model, and the held-out profit behind it."""
+    import numpy as np
+
+    evidence = model.evidence
+    gain = evidence["gain_over_best_single_arm"]
+    found = (
+        f"targeting earns {gain['value']:+.4f} {evidence['unit']} over "
+        f"{evidence['best_single_arm']} for everyone "
+        f"(95% CI {gain['low']:+.4f} to {gain['high']:+.4f})"
+    )
+    alike = policy.trusted(model)
+    if alike is None:
+        return f"{found}: its targeting is served"
+    best = int(np.argmax(alike))
+    if alike[best] <= 0:
+        return f"{found}: not proven, nor any offer for everyone: no offer but exploration"
+    return f"{found}: not proven; {model.arms[best]} has proven to pay and goes to everyone"
 
 
 def _registered(registered) -> str:

@@ -2,7 +2,7 @@
 round, decided by an offer model learned from the first round's logged exploration, earn more
 than the first round and than the naive policies a shop would otherwise run?
 
-    python experiments/loop.py [--customers 50000] [--seed 0]
+    python experiments/loop.py [--customers 50000] [--seed 0] [--work DIR]
 
 Every step is the real `sendwise` CLI in a child process, in a throw-away home and MLflow
 store: `simulate`; `train all` (the offer model from the simulator's randomised campaign) and
@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import replace
@@ -112,15 +113,19 @@ def measured(attributed: pl.DataFrame) -> dict:
 
 
 def paired(mine: pl.DataFrame, other: pl.DataFrame) -> dict:
-    """Round 2 minus another policy on the same rows and response draws, per 1,000 recipients
-    assigned to mail, with a paired 95% interval."""
+    """Round 2 minus another policy on the same recipients and response draws, per 1,000
+    recipients assigned to mail under both, with a paired 95% interval."""
     keep = randomised("transactional" in mine.columns) & assigned_to_mail()
-    a = mine.with_columns(realised_profit()).filter(keep)["profit"].to_numpy()
-    b = other.with_columns(realised_profit()).filter(keep)["profit"].to_numpy()
-    difference = a - b
+    a, b = (
+        frame.with_columns(realised_profit()).filter(keep).select("customer_id", "profit")
+        for frame in (mine, other)
+    )
+    both = a.join(b, on="customer_id", suffix="_other")
+    difference = (both["profit"] - both["profit_other"]).to_numpy()
     half = 1.96 * difference.std(ddof=1) / np.sqrt(len(difference))
     mean = difference.mean()
     return {
+        "recipients": len(difference),
         "effect_per_1000": 1000 * mean,
         "ci_low": 1000 * (mean - half),
         "ci_high": 1000 * (mean + half),
@@ -147,27 +152,33 @@ def at_local_hour(decisions: pl.DataFrame, zones: pl.DataFrame, hour: int) -> pl
     return found.alias("send_at")
 
 
-def naive(decisions: pl.DataFrame, shop: Shop, hour: int, offers: pl.Expr) -> pl.DataFrame:
-    """Round 2's batch with every mailed recipient given the shop's best hour, the popular
-    products and `offers`; holdouts, suppressions and caps as round 2 had them."""
-    popular = decisions.filter(pl.col("holdout_kind") == "products")["products"][0]
+def changed(
+    decisions: pl.DataFrame,
+    shop: Shop,
+    hour: int | None = None,
+    popular: bool = False,
+    offers: pl.Expr | None = None,
+) -> pl.DataFrame:
+    """Round 2's batch with every mailed recipient given the shop's best `hour`, the `popular`
+    products round 2 gave its products holdout, and `offers`, where given; holdouts,
+    suppressions and caps as round 2 had them."""
     zones = shop.customers.select("customer_id", "timezone").collect()
     sent = pl.col("send")
     feature = pl.col("holdout_kind").is_in(["products", "sendtime", "offer"]).fill_null(False)
-    return (
-        decisions.join(zones, on="customer_id", how="left")
-        .with_columns(
+    changes = [pl.when(feature).then(None).otherwise(pl.col("holdout_kind")).alias("holdout_kind")]
+    if hour is not None:
+        changes += [
             pl.when(sent).then(at_local_hour(decisions, zones, hour)).alias("send_at"),
-            pl.when(sent)
-            .then(pl.lit(popular.to_list(), dtype=pl.List(pl.String)))
-            .otherwise(pl.col("products"))
-            .alias("products"),
-            pl.when(sent).then(offers).otherwise(pl.col("offer")).alias("offer"),
-            pl.when(feature).then(None).otherwise(pl.col("holdout_kind")).alias("holdout_kind"),
-            best_hours=pl.lit([], pl.List(pl.Int64)),
-        )
-        .drop("timezone")
-    )
+            pl.lit([], pl.List(pl.Int64)).alias("best_hours"),
+        ]
+    if popular:
+        listed = decisions.filter(pl.col("holdout_kind") == "products")["products"][0]
+        listed = pl.lit(listed.to_list(), dtype=pl.List(pl.String))
+        changes.append(pl.when(sent).then(listed).otherwise(pl.col("products")).alias("products"))
+    if offers is not None:
+        changes.append(pl.when(sent).then(offers).otherwise(pl.col("offer")).alias("offer"))
+    joined = decisions.join(zones, on="customer_id", how="left")
+    return joined.with_columns(changes).drop("timezone")
 
 
 def random_arm(seed: int) -> pl.Expr:
@@ -182,10 +193,14 @@ def in_memory(shop: Shop) -> Shop:
     return replace(shop, **tables)
 
 
-def run_round(name: str, shop_dir: Path, as_of: str, work: Path, env: dict) -> dict:
+def run_round(
+    name: str, shop_dir: Path, as_of: str, work: Path, env: dict, replay: dict | None = None
+) -> dict:
     """Decide (logged), value the decisions on the planted truth, respond, report. Returns the
     logged decisions, the shop they were decided on (in memory), the planted profit, the
-    decisions with what followed, and the report's figures."""
+    decisions with what followed, and the report's figures. With `replay` (an environment and
+    a round's name), that round's policy also decides, in that environment, for the same
+    recipients before they respond (its decisions under "replay")."""
     config = work / f"{name}.toml"
     config.write_text(toml(ROUNDS[name]))
     cli = {
@@ -201,6 +216,15 @@ def run_round(name: str, shop_dir: Path, as_of: str, work: Path, env: dict) -> d
     }  # fmt: skip
     seconds = {step: run_cli(cli[step], env)["wall_s"] for step in ("score", "export")}
     decisions = pl.read_parquet(work / f"{name}-log.parquet")
+    replayed = None
+    if replay is not None:
+        config = str(work / f"{replay['round']}.toml")
+        again = [arg.replace(str(work / f"{name}.toml"), config) for arg in cli["score"]]
+        again[again.index("--out") + 1] = str(work / "replay.parquet")
+        run_cli(again, replay["env"])
+        export = [*cli["export"][:-1], str(work / "replay-log.parquet")]
+        run_cli(export, replay["env"])
+        replayed = pl.read_parquet(work / "replay-log.parquet")
     before, truth = in_memory(read_shop(shop_dir)), read_truth(shop_dir)
     expected = expectations(before, truth, decisions, DAYS)
     seconds |= {step: run_cli(cli[step], env)["wall_s"] for step in ("respond", "report")}
@@ -217,31 +241,53 @@ def run_round(name: str, shop_dir: Path, as_of: str, work: Path, env: dict) -> d
         "truth": truth,
         "attributed": attributed,
         "planted": profit_effect(expected, MARGIN, PER_ORDER),
+        "mail": mail_figures(expected, before),
         "measured": measured(attributed),
         "report_revenue": revenue,
         "seconds": seconds,
+        "replay": replayed,
+    }
+
+
+def mail_figures(expected: pl.DataFrame, shop: Shop) -> dict:
+    """Over the mailed: the planted open and click rates, and the mean price of the first
+    listed product (what a click buys in the planted model)."""
+    prices = shop.products.select("product_id", "price").collect()
+    sent = expected.filter(pl.col("send")).with_columns(product_id=pl.col("products").list.first())
+    sent = sent.join(prices, on="product_id", how="left")
+    return {
+        "open_rate": sent["p_open"].mean(),
+        "click_rate": sent["p_click"].mean(),
+        "first_product_price": sent["price"].mean(),
+    }
+
+
+def answered(frame: pl.DataFrame, round2: dict) -> dict:
+    """Another policy's decisions for round 2's recipients, valued on the planted truth and
+    answered by the same customers with round 2's response seed (the CLI's default): planted
+    profit, what the report would measure, and round 2 minus it, paired."""
+    shop, truth = round2["before"], round2["truth"]
+    expected = expectations(shop, truth, frame, DAYS)
+    attributed = outcomes(frame, with_responses(shop, respond(shop, truth, frame, DAYS)), DAYS)
+    return {
+        "planted": profit_effect(expected, MARGIN, PER_ORDER),
+        "mail": mail_figures(expected, shop),
+        "measured": measured(attributed),
+        "round2_minus_this": paired(round2["attributed"], attributed),
     }
 
 
 def naive_policies(round2: dict, seed: int) -> dict[str, dict]:
-    """Each naive policy on round 2's recipients: planted profit, and what the report would
-    measure with the same response draws (so also paired with round 2)."""
-    decisions, shop, truth = round2["decisions"], round2["before"], round2["truth"]
+    """Each naive policy on round 2's recipients (see `answered`)."""
+    decisions, shop = round2["decisions"], round2["before"]
     hour = best_local_hour(shop, decisions["decided_at"].min())
     rows = {"no offer": pl.lit("none"), "random offers": random_arm(seed)}
     rows |= {f"best single offer ({arm})": pl.lit(arm) for arm in ARMS[1:]}
-    found = {}
-    for label, offers in rows.items():
-        frame = naive(decisions, shop, hour, offers)
-        expected = expectations(shop, truth, frame, DAYS)
-        answered = respond(shop, truth, frame, DAYS)  # the CLI's default seed, as round 2 had
-        attributed = outcomes(frame, with_responses(shop, answered), DAYS)
-        found[label] = {
-            "hour": hour,
-            "planted": profit_effect(expected, MARGIN, PER_ORDER),
-            "measured": measured(attributed),
-            "round2_minus_this": paired(round2["attributed"], attributed),
-        }
+    found = {
+        label: {"hour": hour}
+        | answered(changed(decisions, shop, hour, popular=True, offers=offers), round2)
+        for label, offers in rows.items()
+    }
     singles = [k for k in found if k.startswith("best single offer")]
     best = max(singles, key=lambda k: found[k]["planted"]["per_1000"])
     found["best single offer"] = found.pop(best) | {"arm": best.split("(")[1].rstrip(")")}
@@ -250,14 +296,41 @@ def naive_policies(round2: dict, seed: int) -> dict[str, dict]:
     return found
 
 
+def one_change(round2: dict) -> dict[str, dict]:
+    """Round 2 with one of its choices made naively, to show what each choice earned."""
+    decisions, shop = round2["decisions"], round2["before"]
+    hour = best_local_hour(shop, decisions["decided_at"].min())
+    variants = {
+        "popular products instead of personal ones": {"popular": True},
+        f"the shop's best hour ({hour}:00) instead of personal ones": {"hour": hour},
+        "no offer (nor exploration)": {"offers": pl.lit("none")},
+    }
+    return {
+        label: answered(changed(decisions, shop, **change), round2)
+        for label, change in variants.items()
+    }
+
+
+def round1_replayed(round2: dict) -> dict:
+    """Round 1's policy (its offer champion and settings) decided for round 2's recipients on
+    round 2's day, in a copy of the sendwise home taken before round 1's log was learned
+    from: the same recipients and draws, so round 2 minus round 1 is estimated paired."""
+    replay = round2["replay"]
+    order = round2["decisions"].select("customer_id")
+    if set(order["customer_id"]) != set(replay["customer_id"]):
+        raise SystemExit("round 1's policy, replayed, decided for other recipients than round 2")
+    return answered(order.join(replay, on="customer_id", how="left"), round2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--customers", type=int, default=50_000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work", type=Path, help="An empty folder to keep every step's files in.")
     args = parser.parse_args()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="loop-") as tmp:
-        work = Path(tmp)
+        work = args.work or Path(tmp)
         env = work_env(work)
         shop_dir = work / "shop"
         run_cli(["simulate", "--customers", str(args.customers), "--seed", str(args.seed),
@@ -267,31 +340,50 @@ def main() -> None:
         run_cli(["train", "all", "--shop", str(shop_dir), "--as-of", first], env)
         run_cli(["promote", "all", "--shop", str(shop_dir)], env)
         round1 = run_round("round1", shop_dir, first, work, env)
+        # round 1's policy as it stood, kept to decide again for round 2's recipients
+        (work / "before").mkdir()
+        for kept in ("home", "mlflow.db"):
+            copy = shutil.copytree if (work / kept).is_dir() else shutil.copy2
+            copy(work / kept, work / "before" / kept)
+        before = env | {
+            "SENDWISE_HOME": str(work / "before" / "home"),
+            "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'before' / 'mlflow.db'}",
+        }
         trained = run_cli(["train", "offer", "--shop", str(shop_dir), "--from-log",
                            "--campaign", "round1", "--window-days", str(DAYS)], env)  # fmt: skip
         # promoted only if it beats the champion on the log's held-out rows; else round 2
         # decides with the champion it had (a refusal exits 1: an answer, not a failure)
         promoted = run_cli(["promote", "offer", "--shop", str(shop_dir)], env, check=False)
-        round2 = run_round("round2", shop_dir, second.date().isoformat(), work, env)
+        round2 = run_round(
+            "round2", shop_dir, second.date().isoformat(), work, env,
+            replay={"env": before, "round": "round1"},
+        )  # fmt: skip
+        round1["replayed"] = round1_replayed(round2)
         others = naive_policies(round2, args.seed)
-    report(args, round1, round2, others, trained, promoted, time.perf_counter() - started)
+        variants = one_change(round2)
+    report(args, round1, round2, others, variants, trained, promoted, time.perf_counter() - started)
 
 
-def margin_over_round1(round1: dict, round2: dict) -> dict:
-    """Round 2 minus round 1: different recipients and draws, so the two estimates' intervals
-    add (Welch-like, from each estimate's half-width)."""
-    a, b = round2["measured"]["profit"], round1["measured"]["profit"]
-    half = np.hypot((a["ci_high"] - a["ci_low"]) / 2, (b["ci_high"] - b["ci_low"]) / 2)
-    effect = a["effect_per_1000"] - b["effect_per_1000"]
-    return {"effect_per_1000": effect, "ci_low": effect - half, "ci_high": effect + half}
+def round2_offers(promoted: dict) -> str:
+    """Whose offers round 2 gave: the model learned from round 1's log where it was promoted,
+    else the champion round 1 had (the learned one did not beat it on the log's held-out rows)."""
+    if promoted["exit_code"] == 0:
+        return "offer model learned from round 1's log"
+    return "round 1's offer champion: the model learned from its log was not promoted"
 
 
-def report(args, round1, round2, others, trained, promoted, seconds: float) -> None:
+def mail_cells(mail: dict) -> str:
+    return f"{mail['open_rate']:.4f} | {mail['click_rate']:.4f} | {mail['first_product_price']:.2f}"
+
+
+def report(args, round1, round2, others, variants, trained, promoted, seconds: float) -> None:
     """The table, the done-when check (issue 13), and the JSON."""
-    round1["round2_minus_this"] = margin_over_round1(round1, round2)
+    replayed = round1.pop("replayed")
+    round1["round2_minus_this"] = replayed["round2_minus_this"]
     policies = {
         "sendwise round 1 (exploration 0.5)": round1,
-        "sendwise round 2 (offer model learned from round 1's log)": round2,
+        "sendwise round 1's policy, deciding for round 2's recipients": replayed,
+        f"sendwise round 2 ({round2_offers(promoted)})": round2,
         **{f"everyone, best hour, popular products, {k}": v for k, v in others.items()},
     }
     best = others["best single offer"]
@@ -307,9 +399,11 @@ def report(args, round1, round2, others, trained, promoted, seconds: float) -> N
         "truth; **estimate**, realised, mailed minus the 10% global holdout, 95% CI. Naive "
         f"policies mail round 2's recipients at the shop's best local hour ({best['hour']}:00), "
         f"with popular products; the best single offer is {best['arm']} (the best by planted "
-        "profit). The last column is round 2 minus the row's policy: for naive policies paired "
-        "on the same recipients and response draws; for round 1 the two estimates' intervals "
-        "combined.",
+        "profit). The last columns are round 2 minus the row's policy, estimated paired on the "
+        "same recipients and response draws: the naive policies and round 1's policy (its "
+        "offer champion and settings, from a copy of the sendwise home taken before round 1's "
+        "log was learned from) decide for round 2's recipients on round 2's day; round 1's own "
+        "row gives its planted margin, with the replay's paired estimate.",
         "",
         "| policy | planted | estimate | 95% CI | round 2 minus this: planted | estimated (95% CI) |",
         "|---|---:|---:|---|---:|---|",
@@ -343,7 +437,24 @@ def report(args, round1, round2, others, trained, promoted, seconds: float) -> N
         + ".",
         "",
         f"Offer model from the log: `{trained['stdout']}`; promotion: `{promoted['stdout']}`.",
+        "",
+        "What each of round 2's choices earned: round 2 with that one choice made naively, "
+        "for the same recipients and draws.",
+        "",
+        "| round 2 with | planted | round 2 minus it: planted | estimated (95% CI) | open rate "
+        "| click rate | first product's mean price |",
+        "|---|---:|---:|---|---:|---:|---:|",
+        f"| (nothing changed) | {round2['planted']['per_1000']:+,.0f} | | | "
+        f"{mail_cells(round2['mail'])} |",
     ]
+    for label, found in variants.items():
+        versus = found["round2_minus_this"]
+        gap = round2["planted"]["per_1000"] - found["planted"]["per_1000"]
+        lines.append(
+            f"| {label} | {found['planted']['per_1000']:+,.0f} | {gap:+,.0f} | "
+            f"{versus['effect_per_1000']:+,.0f} [{versus['ci_low']:+,.0f}, "
+            f"{versus['ci_high']:+,.0f}] | {mail_cells(found['mail'])} |"
+        )
     result = {
         "machine": machine(),
         "command": f"python experiments/loop.py --customers {args.customers} --seed {args.seed}",
@@ -366,6 +477,10 @@ def report(args, round1, round2, others, trained, promoted, seconds: float) -> N
         "train_from_log": trained["stdout"],
         "promote": promoted["stdout"],
         "steps_seconds": {"round1": round1["seconds"], "round2": round2["seconds"]},
+        "round2_with_one_change": {
+            label: {k: found[k] for k in ("planted", "round2_minus_this", "mail")}
+            for label, found in variants.items()
+        },
     }
     write_results("loop", lines, result)
 

@@ -287,12 +287,20 @@ class ClassTransformationUplift(TwoModelUplift):
 
 class OfferModel:
     """The uplift models of one experiment: its outcome (conversion, visit...) and, where the
-    experiment has one, revenue; with the experiment's layout, so scoring needs no flags."""
+    experiment has one, revenue; with the experiment's layout, so scoring needs no flags, and
+    the held-out evidence of what its targeting earns (`training.offers.policy_evidence`)."""
 
-    def __init__(self, outcome: UpliftModel, revenue: UpliftModel | None, spec: dict):
+    def __init__(
+        self,
+        outcome: UpliftModel,
+        revenue: UpliftModel | None,
+        spec: dict,
+        evidence: dict | None = None,
+    ):
         self.outcome = outcome
         self.revenue = revenue
         self.spec = spec
+        self.evidence = evidence
 
     @property
     def arms(self) -> list[str]:
@@ -312,11 +320,12 @@ class OfferModel:
         self.outcome.save(path / "outcome")
         if self.revenue is not None:
             self.revenue.save(path / "revenue")
-        save_arrays(path, {"spec": self.spec})
+        save_arrays(path, {"spec": self.spec, "evidence": self.evidence})
 
     @classmethod
     def load(cls, path: str | Path) -> OfferModel:
         path = Path(path)
         state, _ = load_arrays(path)
         revenue = UpliftModel.load(path / "revenue") if (path / "revenue").is_dir() else None
-        return cls(UpliftModel.load(path / "outcome"), revenue, state["spec"])
+        outcome = UpliftModel.load(path / "outcome")
+        return cls(outcome, revenue, state["spec"], state.get("evidence"))

@@ -127,6 +127,7 @@ class OfferSettings(Section):
     arms: list[str] | None = None  # offered to everyone; default: all the model knows
     margin: Share = 0.4
     exploration: Share = 0.10
+    proof: Share = 0.95  # confidence held-out evidence must give an offer model's targeting
     value_per_outcome: float = Field(1.0, ge=0)
     costs: dict[str, ArmCost] = {}  # default: read from the arm's name (10_off, free_shipping)
     max_share: dict[str, Share] = {}
@@ -143,6 +144,7 @@ class OfferSettings(Section):
             max_share=dict(self.max_share),
             budget=self.budget,
             exploration=self.exploration,
+            proof=self.proof,
             holdout=holdout,
             campaign=campaign,
         )

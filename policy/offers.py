@@ -10,12 +10,20 @@ Incremental profit of arm a against control, for one customer:
 The cost is paid on every order the offer touches, including those the customer would have
 placed anyway: an offer that moves nobody costs money. Without a revenue outcome, the
 outcome itself is the value (`value_per_outcome` each).
+
+An offer model is trusted only as far as its held-out evidence goes (`proof`, the confidence
+asked for; training stores the evidence, `training.offers.policy_evidence`): its per-customer
+targeting is served where it beat the best single arm on held-out profit, else every customer
+is valued alike, each arm at the lower bound of its held-out gain over control, so an offer
+goes to everyone only once it has been shown to pay, and to no one otherwise. Exploration and
+the holdout go on either way, so the next campaign can prove more.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from statistics import NormalDist
 
 import numpy as np
 import polars as pl
@@ -57,9 +65,43 @@ class OfferPolicy:
     exploration: float = 0.10  # share given a uniformly random arm
     holdout: float = 0.05  # share kept in control, flagged `holdout`
     campaign: str = "default"  # salt: the same customer draws anew in each campaign
+    proof: float = 0.95  # confidence held-out evidence must give; 0 serves targeting unjudged
 
     def cost(self, arm: str) -> ArmCost:
         return self.costs.get(arm, default_cost(arm))
+
+    def realised(
+        self, arms: np.ndarray, outcome: np.ndarray, revenue: np.ndarray | None, control: str
+    ) -> np.ndarray:
+        """What each customer earned the shop under the arm they got, on the terms
+        `expected_values` predicts: margin on revenue (or the outcome's value) less the arm's
+        cost on what they bought."""
+        value = self.margin * revenue if revenue is not None else self.value_per_outcome * outcome
+        for arm in np.unique(arms):
+            if arm == control:
+                continue
+            cost = self.cost(arm)
+            paid = cost.per_order * outcome + cost.per_send
+            if revenue is not None:
+                paid = paid + cost.percent * revenue
+            value = np.where(arms == arm, value - paid, value)
+        return value
+
+    def trusted(self, model: OfferModel) -> np.ndarray | None:
+        """None where the model's targeting is to be served; else one row of values for every
+        customer (control 0, each arm the lower bound of its held-out gain over control)."""
+        evidence = model.evidence
+        if not evidence or self.proof <= 0:
+            return None
+        z = NormalDist().inv_cdf(self.proof)
+        targeting = evidence["targeting"]
+        if targeting["gain"] - z * targeting["se"] > 0:
+            return None
+        arms = evidence["arms"]
+        return np.array(
+            [0.0, *(arms[a]["gain"] - z * arms[a]["se"] if a in arms else -np.inf
+                    for a in model.arms[1:])]
+        )  # fmt: skip
 
     def expected_values(self, model: OfferModel, X: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """(rows, arms) expected incremental profit against control (column 0 is 0) and the
@@ -81,6 +123,9 @@ class OfferPolicy:
             ]
         )
         cost[:, 0] = 0.0
+        alike = self.trusted(model)
+        if alike is not None:
+            return np.broadcast_to(alike, cost.shape).copy(), cost
         return gain - cost, cost
 
     def _greedy(self, values: np.ndarray, cost: np.ndarray, arms: list[str]) -> np.ndarray:

@@ -299,6 +299,7 @@ def test_train_offer_from_the_log_learns_from_what_the_policy_drew(
 
     from sendwise.cli.main import main
     from sendwise.features.experiment import logged_experiment
+    from sendwise.models.uplift import OfferModel
     from sendwise.store import registry
 
     directory, _, _, decisions = campaign
@@ -322,8 +323,14 @@ def test_train_offer_from_the_log_learns_from_what_the_policy_drew(
     assert set(table.arm) == {"none", "free_shipping", "10_off"} and table.spec.control == "none"
     args = ["train", "offer", "--shop", str(shop), "--from-log", "--campaign", "june"]
     assert main(args) == 0
-    assert "sendwise.shop.offer v1 is the challenger" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "sendwise.shop.offer v1 is the challenger" in said
     assert registry.alias_version("shop", "offer", "challenger") is not None
+    # the held-out evidence it will be served by travels with the model
+    path, _ = registry.download("shop", "offer", alias="challenger")
+    evidence = OfferModel.load(path).evidence
+    assert set(evidence["arms"]) == {"free_shipping", "10_off"}
+    assert f"over {evidence['best_single_arm']} for everyone" in said
     assert main(["promote", "offer", "--shop", str(shop)]) == 0  # the first champion
     # a second from-log challenger is judged against it on the log's held-out rows, read
     # again from the log (not from the shop's assignments, where its campaign is not)

@@ -10,12 +10,17 @@ from scipy.stats import spearmanr
 
 from sendwise.cli.main import main
 from sendwise.features.contract import ContractError
-from sendwise.features.experiment import ExperimentSpec, campaign_experiment, read_experiment
+from sendwise.features.experiment import (
+    Experiment,
+    ExperimentSpec,
+    campaign_experiment,
+    read_experiment,
+)
 from sendwise.features.shop import read_shop, write_shop
 from sendwise.features.simulate import SimulationSettings, simulate
 from sendwise.models.uplift import OfferModel, UpliftModel
 from sendwise.policy.offers import ArmCost, OfferPolicy
-from sendwise.training.offers import evaluate_uplift
+from sendwise.training.offers import arm_shares, evaluate_uplift, fit_offer, policy_evidence, split
 
 HILLSTROM_FLAGS = ["--arm-col", "segment", "--control", "No E-Mail", "--outcome", "visit"]
 
@@ -172,6 +177,41 @@ def test_policy_picks_the_most_profitable_arm_net_of_costs():
     # customer 1 would buy anyway: every offer loses money; customer 2: nothing moves
     assert decided["offer"].to_list() == ["10_off", "none", "none"]
     assert (decided["probability"] == 1.0).all()
+
+
+@pytest.mark.parametrize(
+    ("planted", "served"),
+    [
+        ("where x > 0", {"10_off": "x > 0", "none": "x <= 0"}),  # targeting earns more
+        ("everywhere", {"10_off": "all"}),  # one offer pays for all: targeting adds nothing
+        ("nowhere", {"none": "all"}),  # the offer only gives margin away
+    ],
+)
+def test_targeting_is_served_only_as_far_as_its_held_out_profit_goes(planted, served):
+    """A randomised 10_off campaign whose planted uplift (+0.3 conversion on a 50.00 basket)
+    is heterogeneous, uniform or absent: the policy serves targeting, one offer for everyone,
+    or no offer, by the held-out evidence training stores, with no hint of the truth."""
+    n, rng = 30_000, np.random.default_rng(7)
+    x = rng.uniform(-1, 1, n)
+    arm = np.where(rng.random(n) < 0.5, "10_off", "none")
+    lift = {"where x > 0": 0.3 * (x > 0), "everywhere": np.full(n, 0.3), "nowhere": 0.0}[planted]
+    bought = rng.random(n) < 0.2 + (arm == "10_off") * lift
+    frame = pl.DataFrame({"x": x, "arm": arm, "conversion": bought * 1.0, "revenue": bought * 50.0})
+    spec = ExperimentSpec("arm", "none", "conversion", revenue="revenue", propensity_col="p")
+    experiment = Experiment(frame, spec, "planted")
+    train_rows, test_rows = split(experiment)
+    policy = OfferPolicy(exploration=0.0, holdout=0.0)
+    model = fit_offer(experiment.subset(train_rows))
+    model.evidence = policy_evidence(
+        experiment.subset(test_rows), model, policy, arm_shares(experiment)
+    )
+    X = pl.DataFrame({"x": np.linspace(-0.95, 0.95, 40)})
+    offers = np.array(policy.decide(model, X, [f"c{i}" for i in range(40)])["offer"])
+    expected = {"x > 0": X["x"] > 0, "x <= 0": X["x"] <= 0, "all": np.ones(40, bool)}
+    for arm_served, where in served.items():
+        assert (offers[np.asarray(expected[where])] == arm_served).mean() >= 0.9
+    gain = model.evidence["gain_over_best_single_arm"]
+    assert (gain["low"] > 0) == (planted == "where x > 0")
 
 
 def test_policy_respects_shares_budget_holdout_and_exploration():

@@ -72,9 +72,14 @@ class OfferTrainResult:
 
 
 def train_offer(
-    experiment: Experiment, tags: dict[str, str] | None = None, seed: int = 0
+    experiment: Experiment,
+    tags: dict[str, str] | None = None,
+    seed: int = 0,
+    policy: OfferPolicy | None = None,
 ) -> OfferTrainResult:
-    """Validate on a held-out 30% (stratified by arm and outcome), refit on all, register."""
+    """Validate on a held-out 30% (stratified by arm and outcome), refit on all, register.
+    The held-out profit of the validation model's targeting, at `policy`'s margin and costs,
+    goes into the model's spec as the evidence the offer policy serves it by."""
     from .train import code_version
 
     train_rows, test_rows = split(experiment, seed)
@@ -85,7 +90,13 @@ def train_offer(
         validation_model.outcome.predict_uplift(held_out.features),
         validation_model.outcome.treatments_,
     )
+    evidence = policy_evidence(
+        held_out, validation_model, policy or OfferPolicy(), arm_shares(experiment)
+    )
+    gain = evidence["gain_over_best_single_arm"]
+    metrics |= {"targeting_gain": gain["value"], "targeting_gain_low": gain["low"]}
     model = fit_offer(experiment, seed)
+    model.evidence = evidence
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "model"
         model.save(model_dir)
@@ -104,6 +115,7 @@ def train_offer(
         }
         documents = {
             "spec.json": model.spec,
+            "evidence.json": evidence,
             "features.json": model.feature_names,
             "schema.json": {"customer_features": model.feature_names},
             "settings.json": {"seed": seed},
@@ -149,42 +161,62 @@ def evaluate_uplift(
     }
 
 
-def evaluate_policy(experiment: Experiment, policy: OfferPolicy, seed: int = 0) -> dict:
-    """The learned policy's value per customer on a held-out 30%, against every single-arm
-    policy, by inverse propensity weighting, with 95% intervals; also its gain over the best
-    single arm (a paired interval: both estimates use the same customers)."""
-    train_rows, test_rows = split(experiment, seed)
-    test = experiment.subset(test_rows)
-    model = fit_offer(experiment.subset(train_rows), seed)
-    values, _ = policy.expected_values(model, test.features)
-    chosen = np.array(model.arms)[values.argmax(axis=1)]
-    money = test.frame[test.spec.revenue] if test.spec.revenue else test.frame[test.spec.outcome]
-    outcome = money.cast(pl.Float64).to_numpy()
-    probability = test.propensity
+def _interval(terms: np.ndarray) -> dict:
+    mean, se = float(terms.mean()), float(terms.std(ddof=1) / np.sqrt(len(terms)))
+    return {"value": mean, "se": se, "low": mean - 1.96 * se, "high": mean + 1.96 * se}
+
+
+def policy_evidence(
+    held_out: Experiment, model: OfferModel, policy: OfferPolicy, shares: dict[str, float]
+) -> dict:
+    """Profit per customer on held-out rows, by inverse propensity weighting (the logged
+    probabilities, else the arms' `shares`): of the model's targeting (each customer's best
+    arm by `policy`'s values) and of every single arm; the targeting's gain over the best
+    single arm and each arm's gain over control, paired (the same customers), with standard
+    errors. The offer policy serves targeting only as far as this evidence goes."""
+    spec = held_out.spec
+    values, _ = policy.expected_values(model, held_out.features)
+    arms = model.arms
+    targeted = np.array(arms)[values.argmax(axis=1)]
+    revenue = (
+        held_out.frame[spec.revenue].cast(pl.Float64).fill_null(0.0).to_numpy()
+        if spec.revenue
+        else None
+    )
+    profit = policy.realised(held_out.arm, held_out.outcome, revenue, spec.control)
+    probability = held_out.propensity
     if probability is None:
-        shares = {a: float(np.mean(experiment.arm == a)) for a in model.arms}
-        probability = np.array([shares[a] for a in test.arm])
+        probability = np.array([shares[a] for a in held_out.arm])
 
-    def terms(policy_arms: np.ndarray) -> np.ndarray:
-        return outcome * (test.arm == policy_arms) / probability
+    def terms(chosen: np.ndarray) -> np.ndarray:
+        return profit * (held_out.arm == chosen) / probability
 
-    def interval(t: np.ndarray) -> dict:
-        mean, se = t.mean(), t.std(ddof=1) / np.sqrt(len(t))
-        return {
-            "value": float(mean),
-            "low": float(mean - 1.96 * se),
-            "high": float(mean + 1.96 * se),
-        }
-
-    learned = terms(chosen)
-    singles = {a: terms(np.full(len(outcome), a)) for a in model.arms}
+    singles = {a: terms(np.full(len(profit), a)) for a in arms}
     best = max(singles, key=lambda a: singles[a].mean())
+    learned = terms(targeted)
+    gains = {a: _interval(singles[a] - singles[spec.control]) for a in arms if a != spec.control}
+    over_best = _interval(learned - singles[best])
     return {
-        "unit": test.spec.revenue or test.spec.outcome,
-        "customers": len(outcome),
-        "learned_policy": interval(learned),
-        "single_arm": {a: interval(t) for a, t in singles.items()},
+        "unit": f"profit per customer ({spec.revenue or spec.outcome})",
+        "customers": len(profit),
+        "learned_policy": _interval(learned),
+        "single_arm": {a: _interval(t) for a, t in singles.items()},
         "best_single_arm": best,
-        "gain_over_best_single_arm": interval(learned - singles[best]),
-        "chosen_shares": {a: float(np.mean(chosen == a)) for a in model.arms},
+        "gain_over_best_single_arm": over_best,
+        "chosen_shares": {a: float(np.mean(targeted == a)) for a in arms},
+        # what `OfferPolicy.trusted` reads
+        "targeting": {"gain": over_best["value"], "se": over_best["se"], "over": best},
+        "arms": {a: {"gain": g["value"], "se": g["se"]} for a, g in gains.items()},
     }
+
+
+def arm_shares(experiment: Experiment) -> dict[str, float]:
+    arms, counts = np.unique(experiment.arm, return_counts=True)
+    return dict(zip(arms.tolist(), (counts / counts.sum()).tolist(), strict=True))
+
+
+def evaluate_policy(experiment: Experiment, policy: OfferPolicy, seed: int = 0) -> dict:
+    """`policy_evidence` of a model fitted on 70% of `experiment`, on the other 30%."""
+    train_rows, test_rows = split(experiment, seed)
+    model = fit_offer(experiment.subset(train_rows), seed)
+    return policy_evidence(experiment.subset(test_rows), model, policy, arm_shares(experiment))
