@@ -2,7 +2,7 @@
 round, decided by an offer model learned from the first round's logged exploration, earn more
 than the first round and than the naive policies a shop would otherwise run?
 
-    python experiments/loop.py [--customers 50000] [--seed 0] [--work DIR]
+    python experiments/loop.py [--customers 50000] [--seed 0] [--work DIR] [--results loop]
 
 Every step is the real `sendwise` CLI in a child process, in a throw-away home and MLflow
 store: `simulate`; `train all` (the offer model from the simulator's randomised campaign) and
@@ -24,7 +24,7 @@ randomised recipients assigned to mail):
   and every baseline purchase are shared, so "round 2 minus policy" is also estimated paired,
   row by row, with a far narrower interval.
 
-Writes experiments/results/loop.{json,md}.
+Writes experiments/results/loop.{json,md} (`--results` names them otherwise).
 """
 
 from __future__ import annotations
@@ -327,6 +327,7 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=50_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, help="An empty folder to keep every step's files in.")
+    parser.add_argument("--results", default="loop", help="Results file name.")
     args = parser.parse_args()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="loop-") as tmp:
@@ -372,6 +373,11 @@ def round2_offers(promoted: dict) -> str:
     return "round 1's offer champion: the model learned from its log was not promoted"
 
 
+def command(args) -> str:
+    named = f" --results {args.results}" if args.results != "loop" else ""
+    return f"python experiments/loop.py --customers {args.customers} --seed {args.seed}{named}"
+
+
 def mail_cells(mail: dict) -> str:
     return f"{mail['open_rate']:.4f} | {mail['click_rate']:.4f} | {mail['first_product_price']:.2f}"
 
@@ -390,8 +396,7 @@ def report(args, round1, round2, others, variants, trained, promoted, seconds: f
     lines = [
         "# The loop: decide, respond, measure, retrain, decide again",
         "",
-        f"`python experiments/loop.py --customers {args.customers} --seed {args.seed}` at "
-        f"{machine()['commit']} ({seconds:.0f} s on {os.cpu_count()} cores).",
+        f"`{command(args)}` at {machine()['commit']} ({seconds:.0f} s on {os.cpu_count()} cores).",
         "",
         "Incremental profit per 1,000 recipients against not mailing them (margin 0.4 on full "
         "price, less the offer's discount on every order and free shipping's "
@@ -457,7 +462,7 @@ def report(args, round1, round2, others, variants, trained, promoted, seconds: f
         )
     result = {
         "machine": machine(),
-        "command": f"python experiments/loop.py --customers {args.customers} --seed {args.seed}",
+        "command": command(args),
         "seconds": round(seconds, 1),
         "margin": MARGIN,
         "per_order": PER_ORDER,
@@ -482,7 +487,7 @@ def report(args, round1, round2, others, variants, trained, promoted, seconds: f
             for label, found in variants.items()
         },
     }
-    write_results("loop", lines, result)
+    write_results(args.results, lines, result)
 
 
 if __name__ == "__main__":

@@ -189,9 +189,9 @@ def logged_experiment(
 ) -> Experiment:
     """The offer experiment sendwise ran itself, read from its decision log: every sent
     decision whose offer the offer policy drew (the model's choice, exploration or the offer
-    holdout), its arm, the probability it was logged with, and what followed in
-    `window_days` from its send. A customer in several such decisions counts once, at the
-    first."""
+    holdout), its arm, the probability of that arm from the offer's own draws
+    (`offer_probability`), and what followed in `window_days` from its send. A customer in
+    several such decisions counts once, at the first."""
     drawn = decisions.filter(
         pl.col("send")
         & pl.col("reasons").list.eval(pl.element().str.contains(OFFER_DRAWN)).list.any()
@@ -205,10 +205,19 @@ def logged_experiment(
         drawn.with_columns(would_be_send_time())
         .sort("start_at", "decision_id")
         .unique(ID, keep="first", maintain_order=True)
-        .select(ID, arm="offer", assigned_at="start_at", propensity="probability")
+        .select(ID, arm="offer", assigned_at="start_at", propensity=_offer_propensity(drawn))
     )
     campaigns = ", ".join(sorted(drawn["campaign"].unique().to_list()))
     return _from_assignments(shop, assigned, f"decision log ({campaigns})", window_days, outcome)
+
+
+def _offer_propensity(decisions: pl.DataFrame) -> pl.Expr:
+    """P(the logged offer | customer) from the offer's own draws (holdout, exploration,
+    policy): `offer_probability`. A log written before it was kept has only `probability`, that
+    of the whole assignment, whose other holdouts' shares would weight the offer's arms."""
+    if "offer_probability" in decisions.columns:
+        return pl.coalesce("offer_probability", "probability")
+    return pl.col("probability")
 
 
 def _from_assignments(

@@ -116,6 +116,7 @@ DECISION_COLUMNS = (
     "probability",
     "offer",
     "offer_value",
+    "offer_probability",
     "products",
     "cross_sell",
     "send_at",
@@ -236,6 +237,8 @@ class Batch:
     send: np.ndarray = field(init=False)
     holdout_kind: np.ndarray = field(init=False)
     probability: np.ndarray = field(init=False)
+    offer_holdout_share: np.ndarray = field(init=False)  # P(offer holdout | the feature draw)
+    offer_probability: np.ndarray = field(init=False)  # P(offer | customer); NaN: not drawn
     popular_products: np.ndarray = field(init=False)  # no personal lists: popular, trending
     send_hours: np.ndarray = field(init=False)  # (rows, 3) local hours, best first; EMPTY
     offer: np.ndarray = field(init=False)
@@ -377,6 +380,12 @@ def draw_holdouts(batch: Batch, snapshot: Snapshot, context: Context, settings: 
     probability *= np.where(in_global, 1.0, np.where(in_group, group_share, 1 - group_share))
     feature_p = np.where(in_feature, bands[np.arange(len(ids)), band], 1 - edges[:, -1])
     probability *= np.where(in_global | in_group, 1.0, feature_p)
+    # the offer's own randomisation, given where the shared feature draw fell: a recipient in
+    # the products or sendtime band cannot be in the offer holdout
+    others = bands[:, 0] + bands[:, 1]
+    in_other = in_feature & (band < 2)
+    offer_share = np.where(in_other, 0.0, bands[:, 2] / np.maximum(1 - others, 1e-12))
+    batch.offer_holdout_share = np.where(eligible, offer_share, 0.0)
     batch.holdout_kind = np.where(eligible, kind, "")
     batch.probability = np.where(eligible, probability, 1.0)
     batch.send = batch.send & ~np.isin(batch.holdout_kind, ["global", "campaign", "trigger"])
@@ -448,6 +457,7 @@ def choose_offers(batch: Batch, snapshot: Snapshot, context: Context, settings: 
         np.where(segment == "lapsed", offers.lapsed, offers.otherwise),
     )
     batch.offer_value = np.zeros(len(batch))
+    batch.offer_probability = np.full(len(batch), np.nan)
     batch.reasons["r_offer"] = np.char.add("offer_rule_", segment)
     if snapshot.arms:
         _model_offers(batch, snapshot, context, settings, candidates)
@@ -490,6 +500,10 @@ def _model_offers(
     batch.offer_value = np.where(known & np.isfinite(value), value, batch.offer_value)
     batch.reasons["r_offer"] = np.where(known, reason, batch.reasons["r_offer"])
     batch.probability = batch.probability * np.where(known & ~held, choice.probability, 1.0)
+    # the offer's alone, for learning from the log: held out, or drawn by the policy
+    share = batch.offer_holdout_share
+    drawn = share * (chosen == 0) + (1 - share) * choice.probability_of(chosen)
+    batch.offer_probability = np.where(known, drawn, batch.offer_probability)
 
 
 def schedule(batch: Batch, context: Context, settings: Settings, now: datetime) -> None:
@@ -647,6 +661,9 @@ def finish(batch: Batch, snapshot: Snapshot, context: Context, batch_id: str) ->
             "probability": batch.probability.round(6),
             "offer": np.where(sending, batch.offer, CONTROL),
             "offer_value": np.where(sending, batch.offer_value, 0.0),
+            "offer_probability": pl.Series(
+                np.where(sending, batch.offer_probability, np.nan).round(6), nan_to_null=True
+            ),
             "products": lists["products"],
             "cross_sell": lists["cross_sell"],
             "send_at": send_at,

@@ -167,11 +167,13 @@ class OfferPolicy:
         )
         random_arm = np.argmax(np.cumsum(np.isfinite(values), axis=1) > k[:, None], axis=1)
         chosen = np.where(held, 0, np.where(exploring, random_arm, policy))
-        # P(chosen | customer): holdout and exploration mix with the policy's own choice
-        share = (1 - self.holdout) * self.exploration / n_allowed
-        probability = share + (1 - self.holdout) * (1 - self.exploration) * (chosen == policy)
-        probability = probability + self.holdout * (chosen == 0)
-        return OfferChoice(policy, chosen, held, exploring, probability)
+        # P(arm | customer): holdout and exploration mix with the policy's own choice
+        shares = (
+            (1 - self.holdout) * self.exploration / n_allowed,
+            (1 - self.holdout) * (1 - self.exploration),
+            self.holdout,
+        )
+        return OfferChoice(policy, chosen, held, exploring, shares)
 
     def decide(self, model: OfferModel, X: pl.DataFrame, ids: list[str]) -> pl.DataFrame:
         """Per customer: chosen arm, its expected incremental profit, whether held out or
@@ -204,4 +206,15 @@ class OfferChoice:
     chosen: np.ndarray
     held: np.ndarray
     exploring: np.ndarray
-    probability: np.ndarray
+    shares: tuple[np.ndarray, float, float]  # each allowed arm's by exploration; policy; holdout
+
+    def probability_of(self, arms: np.ndarray) -> np.ndarray:
+        """P(arm | customer) of each row's arm index, over the holdout, exploration and
+        policy draws."""
+        exploring, policy, held = self.shares
+        return exploring + policy * (arms == self.policy) + held * (arms == 0)
+
+    @property
+    def probability(self) -> np.ndarray:
+        """P(the chosen arm | customer)."""
+        return self.probability_of(self.chosen)

@@ -57,6 +57,10 @@ class Decision(BaseModel):
     probability: float = Field(description="probability of this randomised assignment")
     offer: str
     offer_value: float = Field(description="expected incremental profit of the offer")
+    offer_probability: float | None = Field(
+        description="probability of this offer from the offer's own draws (holdout, "
+        "exploration, the policy's choice); null where no offer model drew it"
+    )
     products: list[str] = Field(description="recommended for you: repeat purchases included")
     cross_sell: list[str] = Field(description="you may also like: never bought before")
     send_at: datetime | None

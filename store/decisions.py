@@ -70,6 +70,7 @@ decisions = sa.Table(
     sa.Column("probability", sa.Float, nullable=False),
     sa.Column("offer", sa.String(64), nullable=False),
     sa.Column("offer_value", sa.Float, nullable=False),
+    sa.Column("offer_probability", sa.Float),  # the offer's own draw; null: not drawn
     sa.Column("products", sa.Text, nullable=False),  # JSON array
     sa.Column("cross_sell", sa.Text),  # JSON array
     sa.Column("send_at", UTCDateTime),
@@ -123,6 +124,7 @@ EXPORT_COLUMNS = (
     "offer_value",
     "best_hours",
     "purchase_propensity",
+    "offer_probability",
 )
 
 

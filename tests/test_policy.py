@@ -264,6 +264,45 @@ def test_offer_model_values_candidates_exploration_and_offer_holdout():
     )
 
 
+def test_the_offer_probability_weights_each_arm_back_to_everyone():
+    """`offer_probability` is P(the logged offer | customer) from the offer's own draws, given
+    where the shared feature draw fell: weighting each arm's rows by its inverse counts every
+    customer once per arm (E[1{arm}/p] = 1), which the whole assignment's `probability`, with
+    the other holdouts' shares in it, does not."""
+    arms = ("none", "free_shipping", "10_off")
+    n = 10_000  # the most one request takes
+    snap = snapshot(n // 2, arms)
+    ids = [{"customer_id": f"{c}{i}" if i else c} for i in range(n // 2) for c in ("a", "b")]
+    settings = Settings.model_validate(
+        {
+            "holdouts": {
+                "global": 0.1,
+                "campaign": 0.05,
+                "products": 0.2,
+                "sendtime": 0.2,
+                "offer": 0.1,
+            },
+            "offers": {"exploration": 0.3},
+        }
+    )
+    decided = pl.DataFrame(ask(snap, ids, settings))
+    drawn = decided.filter(pl.col("offer_probability").is_not_null())
+    assert drawn.height == decided["send"].sum() > 0.8 * n
+    for arm in arms:
+        weight = (pl.col("offer") == arm) / pl.col("offer_probability")
+        assert drawn.select(weight.sum()).item() / drawn.height == pytest.approx(1, abs=0.06)
+    whole = (pl.col("offer") == "none") / pl.col("probability")
+    assert drawn.select(whole.sum()).item() / drawn.height > 1.5
+    # held out of offers: only where the feature draw fell outside products and sendtime
+    # (1 in 6 there, offer 0.1 of the 0.6 left), or explored into none: 0.3 / 3
+    held = drawn.filter(pl.col("holdout_kind") == "offer")
+    share = 0.1 / 0.6
+    assert held["offer_probability"].to_numpy() == pytest.approx(share + (1 - share) * 0.1)
+    banded = drawn.filter(pl.col("holdout_kind").is_in(["products", "sendtime"]))
+    best = (banded["offer"] == "10_off").to_numpy()
+    assert banded["offer_probability"].to_numpy() == pytest.approx(0.1 + 0.7 * best)
+
+
 def history_of(kind, tmp_path):
     if kind == "log":
         return DecisionLog(f"sqlite:///{tmp_path / 'log.db'}")

@@ -294,7 +294,7 @@ def test_train_offer_from_the_log_learns_from_what_the_policy_drew(
     campaign, tmp_path, monkeypatch, mlflow_home, capsys
 ):
     """The offer experiment sendwise ran itself: one row per customer whose offer the policy
-    drew (chosen, explored or held out), weighted by the probability it was logged with."""
+    drew (chosen, explored or held out), weighted by the probability of its offer's draws."""
     import shutil
 
     from sendwise.cli.main import main
@@ -316,7 +316,7 @@ def test_train_offer_from_the_log_learns_from_what_the_policy_drew(
         & ~pl.col("reasons").list.eval(pl.element().str.starts_with("offer_rule")).list.any()
     )
     assert table.frame.height == drawn.height == table.frame["customer_id"].n_unique()
-    by_id = drawn.select("customer_id", "offer", "probability").sort("customer_id")
+    by_id = drawn.select("customer_id", "offer", "offer_probability").sort("customer_id")
     assert table.frame.select("customer_id", "arm", "propensity").sort("customer_id").rows() == (
         by_id.rows()
     )
