@@ -258,10 +258,18 @@ class DecisionLog:
 
     def _driver_values(self, frame: pl.DataFrame, batch_id: str, at: datetime | str) -> list[tuple]:
         """Rows as the driver takes them, in one select (`_stored`), with the batch's id
-        and time (`_driver_time`)."""
+        and time (`_driver_time`); a nullable column the frame lacks is null (a writer from
+        before it was kept)."""
         n = len(frame)
         batch = [constant(batch_id, n).alias("batch_id"), constant(at, n).alias("decided_at")]
-        return frame.hstack(batch).select(self._stored).rows()
+        absent = [
+            pl.lit(None).alias(c.name)
+            for c in decisions.columns
+            if c.nullable
+            and c.name not in frame.columns
+            and c.name not in ("batch_id", "decided_at")
+        ]
+        return frame.hstack(batch).with_columns(absent).select(self._stored).rows()
 
     @cached_property
     def _stored(self) -> list[pl.Expr]:
