@@ -349,10 +349,14 @@ def _serves(model, policy) -> str:
     alike = policy.trusted(model)
     if alike is None:
         return f"{found}: its targeting is served"
+    dropped = [a for a, v in zip(model.arms, alike, strict=True) if v == -np.inf]
+    dropped = f"; {', '.join(dropped)} shown to lose money: not even explored" if dropped else ""
     best = int(np.argmax(alike))
     if alike[best] <= 0:
-        return f"{found}: not proven, nor any offer for everyone: no offer but exploration"
-    return f"{found}: not proven; {model.arms[best]} has proven to pay and goes to everyone"
+        return f"{found}: not proven, nor any offer for everyone: no offer but exploration{dropped}"
+    return (
+        f"{found}: not proven; {model.arms[best]} has proven to pay and goes to everyone{dropped}"
+    )
 
 
 def _registered(registered) -> str:

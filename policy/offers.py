@@ -16,7 +16,8 @@ asked for; training stores the evidence, `training.offers.policy_evidence`): its
 targeting is served where it beat the best single arm on held-out profit, else every customer
 is valued alike, each arm at the lower bound of its held-out gain over control, so an offer
 goes to everyone only once it has been shown to pay, and to no one otherwise. Exploration and
-the holdout go on either way, so the next campaign can prove more.
+the holdout go on, so the next campaign can prove more, except for an arm shown to lose money
+(the upper bound of its gain below 0): it is no longer offered, not even to explore.
 """
 
 from __future__ import annotations
@@ -89,7 +90,8 @@ class OfferPolicy:
 
     def trusted(self, model: OfferModel) -> np.ndarray | None:
         """None where the model's targeting is to be served; else one row of values for every
-        customer (control 0, each arm the lower bound of its held-out gain over control)."""
+        customer: control 0, each arm the lower bound of its held-out gain over control, and
+        -inf (not offered, not even to explore) for an arm shown to lose money."""
         evidence = model.evidence
         if not evidence or self.proof <= 0:
             return None
@@ -97,11 +99,12 @@ class OfferPolicy:
         targeting = evidence["targeting"]
         if targeting["gain"] - z * targeting["se"] > 0:
             return None
-        arms = evidence["arms"]
-        return np.array(
-            [0.0, *(arms[a]["gain"] - z * arms[a]["se"] if a in arms else -np.inf
-                    for a in model.arms[1:])]
-        )  # fmt: skip
+        values = [0.0]
+        for arm in model.arms[1:]:
+            found = evidence["arms"].get(arm)
+            losing = found is None or found["gain"] + z * found["se"] < 0
+            values.append(-np.inf if losing else found["gain"] - z * found["se"])
+        return np.array(values)
 
     def expected_values(self, model: OfferModel, X: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """(rows, arms) expected incremental profit against control (column 0 is 0) and the

@@ -212,6 +212,11 @@ def test_targeting_is_served_only_as_far_as_its_held_out_profit_goes(planted, se
         assert (offers[np.asarray(expected[where])] == arm_served).mean() >= 0.9
     gain = model.evidence["gain_over_best_single_arm"]
     assert (gain["low"] > 0) == (planted == "where x > 0")
+    # an offer shown to lose money is not even explored; one that pays for some still is
+    exploring = OfferPolicy(exploration=0.5, holdout=0.0).decide(
+        model, X, [f"e{i}" for i in range(40)]
+    )
+    assert ("10_off" in set(exploring["offer"])) == (planted != "nowhere")
 
 
 def test_policy_respects_shares_budget_holdout_and_exploration():
