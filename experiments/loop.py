@@ -193,6 +193,21 @@ def in_memory(shop: Shop) -> Shop:
     return replace(shop, **tables)
 
 
+def decide_logged(
+    campaign: str, config: Path, stem: str, shop_dir: Path, as_of: str, work: Path, env: dict
+) -> tuple[dict, pl.DataFrame]:
+    """`score` the shop as `campaign` under `config` (logged), then export what was logged:
+    each step's seconds, and the logged decisions (`work/<stem>-log.parquet`)."""
+    steps = {
+        "score": ["score", "--shop", str(shop_dir), "--as-of", as_of, "--out",
+                  str(work / f"{stem}.parquet"), "--campaign", campaign, "--config", str(config)],
+        "export": ["decisions", "export", "--campaign", campaign, "--out",
+                   str(work / f"{stem}-log.parquet")],
+    }  # fmt: skip
+    seconds = {step: run_cli(args, env)["wall_s"] for step, args in steps.items()}
+    return seconds, pl.read_parquet(work / f"{stem}-log.parquet")
+
+
 def run_round(
     name: str, shop_dir: Path, as_of: str, work: Path, env: dict, replay: dict | None = None
 ) -> dict:
@@ -204,27 +219,17 @@ def run_round(
     config = work / f"{name}.toml"
     config.write_text(toml(ROUNDS[name]))
     cli = {
-        "score": ["score", "--shop", str(shop_dir), "--as-of", as_of, "--out",
-                  str(work / f"{name}.parquet"), "--campaign", name, "--config", str(config)],
-        "export": ["decisions", "export", "--campaign", name, "--out",
-                   str(work / f"{name}-log.parquet")],
         "respond": ["simulate", "respond", "--shop", str(shop_dir), "--campaign", name,
                     "--days", str(DAYS)],
         "report": ["report", "campaign", "--shop", str(shop_dir), "--campaign", name, "--days",
                    str(DAYS), "--out", str(work / f"{name}.html"), "--json",
                    str(work / f"{name}.json")],
     }  # fmt: skip
-    seconds = {step: run_cli(cli[step], env)["wall_s"] for step in ("score", "export")}
-    decisions = pl.read_parquet(work / f"{name}-log.parquet")
+    seconds, decisions = decide_logged(name, config, name, shop_dir, as_of, work, env)
     replayed = None
     if replay is not None:
-        config = str(work / f"{replay['round']}.toml")
-        again = [arg.replace(str(work / f"{name}.toml"), config) for arg in cli["score"]]
-        again[again.index("--out") + 1] = str(work / "replay.parquet")
-        run_cli(again, replay["env"])
-        export = [*cli["export"][:-1], str(work / "replay-log.parquet")]
-        run_cli(export, replay["env"])
-        replayed = pl.read_parquet(work / "replay-log.parquet")
+        earlier = work / f"{replay['round']}.toml"
+        _, replayed = decide_logged(name, earlier, "replay", shop_dir, as_of, work, replay["env"])
     before, truth = in_memory(read_shop(shop_dir)), read_truth(shop_dir)
     expected = expectations(before, truth, decisions, DAYS)
     seconds |= {step: run_cli(cli[step], env)["wall_s"] for step in ("respond", "report")}

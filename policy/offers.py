@@ -96,14 +96,14 @@ class OfferPolicy:
         if not evidence or self.proof <= 0:
             return None
         z = NormalDist().inv_cdf(self.proof)
-        targeting = evidence["targeting"]
-        if targeting["gain"] - z * targeting["se"] > 0:
+        targeting = evidence["gain_over_best_single_arm"]
+        if targeting["value"] - z * targeting["se"] > 0:
             return None
         values = [0.0]
         for arm in model.arms[1:]:
             found = evidence["arms"].get(arm)
-            losing = found is None or found["gain"] + z * found["se"] < 0
-            values.append(-np.inf if losing else found["gain"] - z * found["se"])
+            losing = found is None or found["value"] + z * found["se"] < 0
+            values.append(-np.inf if losing else found["value"] - z * found["se"])
         return np.array(values)
 
     def expected_values(self, model: OfferModel, X: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:

@@ -265,9 +265,7 @@ class DecisionLog:
         absent = [
             pl.lit(None).alias(c.name)
             for c in decisions.columns
-            if c.nullable
-            and c.name not in frame.columns
-            and c.name not in ("batch_id", "decided_at")
+            if c.nullable and c.name not in frame.columns
         ]
         return frame.hstack(batch).with_columns(absent).select(self._stored).rows()
 

@@ -79,7 +79,7 @@ def train_offer(
 ) -> OfferTrainResult:
     """Validate on a held-out 30% (stratified by arm and outcome), refit on all, register.
     The held-out profit of the validation model's targeting, at `policy`'s margin and costs,
-    goes into the model's spec as the evidence the offer policy serves it by."""
+    is kept with the model as the evidence the offer policy serves it by."""
     from .train import code_version
 
     train_rows, test_rows = split(experiment, seed)
@@ -195,18 +195,15 @@ def policy_evidence(
     best = max(singles, key=lambda a: singles[a].mean())
     learned = terms(targeted)
     gains = {a: _interval(singles[a] - singles[spec.control]) for a in arms if a != spec.control}
-    over_best = _interval(learned - singles[best])
     return {
         "unit": f"profit per customer ({spec.revenue or spec.outcome})",
         "customers": len(profit),
         "learned_policy": _interval(learned),
         "single_arm": {a: _interval(t) for a, t in singles.items()},
         "best_single_arm": best,
-        "gain_over_best_single_arm": over_best,
+        "gain_over_best_single_arm": _interval(learned - singles[best]),
+        "arms": gains,  # each arm's gain over control
         "chosen_shares": {a: float(np.mean(targeted == a)) for a in arms},
-        # what `OfferPolicy.trusted` reads
-        "targeting": {"gain": over_best["value"], "se": over_best["se"], "over": best},
-        "arms": {a: {"gain": g["value"], "se": g["se"]} for a, g in gains.items()},
     }
 
 
