@@ -517,11 +517,13 @@ def promote_command(
     """Make the shop's challenger the champion only if it beats the champion on the same
     validation data (the challenger's window; the champion is scored there too); or, with
     --version N, that version. Exits 1 when refused."""
+    from sendwise.policy.config import load_settings
     from sendwise.store import registry
     from sendwise.training.promote import promote
     from sendwise.training.train import MODELS
 
     owner, data = _shop_choice(shop, name)
+    policy = load_settings().offers.policy("promote")  # the margin and costs offers earn at
     if version is not None and task is Task.all:
         raise SendwiseError("--version names one model's version: promote MODEL --version N")
     refused, tried = False, 0
@@ -530,7 +532,7 @@ def promote_command(
         for model in names:
             if task is Task.all and not registry.alias_version(owner, model, "challenger"):
                 continue
-            result = promote(model, owner, data, version)
+            result = promote(model, owner, data, version, policy)
             out.print(result.message, markup=False, highlight=False)
             refused, tried = refused or not result.promoted, tried + 1
     if not tried:

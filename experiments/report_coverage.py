@@ -17,7 +17,8 @@ decisions and the grown shop (`reports.outcomes`, `reports.campaign`), and each 
 interval is checked against the planted like-with-like value (`stratified` in planted.json).
 
 A/A: the same decisions answered by a response model without product affinity
-(`affinity_lift=0`): personal and popular products then differ in nothing a rate depends on, so
+(`ResponseModel.without_affinity`: no click lift, and a click buys a first product of any
+category alike): personal and popular products then differ in nothing a rate depends on, so
 "personal vs popular products" has no planted effect on conversion, opens, clicks or
 unsubscribes, and its interval should cover 0.
 
@@ -59,7 +60,7 @@ def one_shop(seed: int, customers: int, responses: int, work: Path) -> list[dict
     # each shop its own response seeds: the same seed would draw the same uniforms for every
     # shop of the same size, and the "independent" seeds would share their luck
     for response_seed in range(seed * responses, (seed + 1) * responses):
-        for model, kind in ((ResponseModel(), "planted"), (ResponseModel(affinity_lift=0), "aa")):
+        for model, kind in ((ResponseModel(), "planted"), (ResponseModel().without_affinity(), "aa")):
             answered = respond(shop, truth, decisions, DAYS, seed=response_seed, model=model)
             attributed = outcomes(decisions, with_responses(shop, answered), DAYS)
             for c in summarise_campaign(attributed, DAYS).comparisons:

@@ -261,7 +261,8 @@ def purchase_labels(shop: Shop, as_of: datetime, horizon_days: int) -> pl.LazyFr
 
 
 def interactions(shop: Shop, as_of: datetime) -> pl.LazyFrame:
-    """The customer x product purchase matrix up to `as_of`, in long form."""
+    """The customer x product purchase matrix up to `as_of`, in long form, with each
+    product's `category` from the catalogue (null where it has none)."""
     return (
         purchase_lines(shop.until(as_of))
         .group_by("customer_id", "product_id")
@@ -271,6 +272,7 @@ def interactions(shop: Shop, as_of: datetime) -> pl.LazyFrame:
             pl.col("ordered_at").min().alias("first_ordered_at"),
             pl.col("ordered_at").max().alias("last_ordered_at"),
         )
+        .join(shop.products.select("product_id", "category"), on="product_id", how="left")
         .sort("customer_id", "product_id")
     )
 

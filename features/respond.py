@@ -18,9 +18,14 @@ next full hour (the report's would-be send time):
   customer is at their inbox (chance k), else it waits for the next preferred local hour.
 - **Machine open** (sent only, Apple MPP style): every send to a planted `machine_opener` gets
   one `open` with `machine_open` true within two minutes, whatever was sent.
-- **Click**: c = o * min(1, click_base * (1 + affinity_lift * m)), m = the share of the first
-  `top_k` of the decision's `products` in the customer's planted top category.
-- **Mail-driven purchase**: e = c * buy_after_click, one unit of the first listed product.
+- **Affinity** of customer i for a product: the planted share of i's purchases drawn from the
+  product's category (`affinity_<category>` in the truth) over that of i's top category, so 1
+  for the top category and less for the others (a truth without those columns: 1 for the top
+  category, 0 for the others).
+- **Click**: c = o * min(1, click_base * (1 + affinity_lift * m)), m = the mean affinity of
+  the first `top_k` of the decision's `products`.
+- **Mail-driven purchase**: e = c * buy_after_click * f^buy_affinity, one unit of the first
+  listed product, f = its affinity: a click is a look, and people buy what they like.
 - **Offer-driven purchase** (sent only): u = the planted `true_uplift_<offer>` (0 for `none`
   and for arms the truth does not know), a basket like the baseline's.
 - **Trigger pull** (sent triggered mail only): t = o * `trigger_pull[trigger]`, one unit of
@@ -106,7 +111,8 @@ class ResponseModel:
     click_base: float = 0.10  # P(click | human open) for products of no affinity
     affinity_lift: float = 2.0  # click rate x (1 + lift x share of favourite-category products)
     top_k: int = 3  # the first products of `products` that the affinity is read from
-    buy_after_click: float = 0.30  # P(buy the first product | click)
+    buy_after_click: float = 0.30  # P(buy the first product | click), of the top category
+    buy_affinity: float = 1.0  # P(buy | click) goes with the first product's affinity to this
     lead_interval_days: float = 400.0  # a lead's mean days between orders
     lapsed_slowdown: float = 6.0  # after the planted dropout, orders this many times rarer
     unsubscribe_base: float = 0.002
@@ -129,6 +135,11 @@ class ResponseModel:
             "win_back": 0.02,
         }
     )
+
+    def without_affinity(self) -> ResponseModel:
+        """This model with products making no difference to clicks or to buying after one:
+        an A/A test of personal against popular products."""
+        return replace(self, affinity_lift=0.0, buy_affinity=0.0)
 
 
 @dataclass(frozen=True)
@@ -226,11 +237,34 @@ def conversion(buy: list[str]) -> pl.Expr:
 # --- joining what the probabilities need ------------------------------------------------------
 
 
-def _first_products(decided: pl.LazyFrame, products: pl.LazyFrame, k: int) -> pl.LazyFrame:
-    """Per decision row: the share of its first `k` products in the customer's top category
-    and the first product's id and price."""
+def _affinities(truth: pl.DataFrame) -> pl.LazyFrame:
+    """`customer_id, category, affinity`: each customer's affinity for each category (see the
+    module notes), long."""
+    shares = [c for c in truth.columns if c.startswith("affinity_")]
+    if not shares:
+        return (
+            truth.lazy()
+            .select(pl.col("customer_id").cast(pl.String), "top_category", affinity=pl.lit(1.0))
+            .rename({"top_category": "category"})
+        )
+    return (
+        truth.lazy()
+        .select(
+            pl.col("customer_id").cast(pl.String),
+            *(pl.col(c) / pl.max_horizontal(shares) for c in shares),
+        )
+        .unpivot(index="customer_id", variable_name="category", value_name="affinity")
+        .with_columns(pl.col("category").str.strip_prefix("affinity_"))
+    )
+
+
+def _first_products(
+    decided: pl.LazyFrame, products: pl.LazyFrame, truth: pl.DataFrame, k: int
+) -> pl.LazyFrame:
+    """Per decision row: the mean affinity of its first `k` products and the first product's
+    id, price and affinity."""
     listed = (
-        decided.select("_row", "top_category", pl.col("products").list.head(k))
+        decided.select("_row", "customer_id", pl.col("products").list.head(k))
         .explode("products")
         .with_columns(_rank=pl.int_range(pl.len()).over("_row"))
         .join(
@@ -238,14 +272,16 @@ def _first_products(decided: pl.LazyFrame, products: pl.LazyFrame, k: int) -> pl
             on="products",
             how="left",
         )
+        .join(_affinities(truth), on=["customer_id", "category"], how="left")
+        .with_columns(
+            pl.col("affinity").fill_null(pl.when(pl.col("category").is_not_null()).then(0.0))
+        )
     )
     return listed.group_by("_row").agg(
-        affinity_match=(pl.col("category") == pl.col("top_category"))
-        .fill_null(False)
-        .mean()
-        .fill_null(0.0),
+        affinity_match=pl.col("affinity").fill_null(0.0).mean().fill_null(0.0),
         first_product=pl.col("products").sort_by("_rank").first(),
         first_price=pl.col("price").sort_by("_rank").first(),
+        first_affinity=pl.col("affinity").sort_by("_rank").first(),
     )
 
 
@@ -340,7 +376,7 @@ def expectations(
         )
     frame = (
         decided.join(local, on="_row", how="left")
-        .join(_first_products(decided, products, model.top_k), on="_row", how="left")
+        .join(_first_products(decided, products, truth, model.top_k), on="_row", how="left")
         .join(_recent_sends(decided, shop, model.fatigue_days), on="_row", how="left")
         .join(_baskets(products), left_on="top_category", right_on="category", how="left")
         .with_columns(
@@ -361,11 +397,14 @@ def expectations(
             p_click=click_probability(model), p_trigger_buy=trigger_pull(decisions, model)
         )
         .with_columns(
-            p_mail_buy=(pl.col("p_click") * model.buy_after_click).fill_null(0.0),
+            # no first product: a basket of the top category, as its price says
+            p_buy_after_click=model.buy_after_click
+            * pl.col("first_affinity").fill_null(1.0).pow(model.buy_affinity),
             first_price=pl.coalesce("first_price", "basket_value"),
             p_unsubscribe=unsubscribe_probability(model).fill_null(0.0),
             p_baseline=pl.when(pl.col("known")).then(pl.col("p_baseline")).otherwise(0.0),
         )
+        .with_columns(p_mail_buy=(pl.col("p_click") * pl.col("p_buy_after_click")).fill_null(0.0))
         .with_columns(
             expected_conversion=conversion(PURCHASES),
             expected_revenue=(1 - pl.col("discount")) * gross_revenue(),
@@ -453,7 +492,7 @@ def respond(
     p_open, p_click = column("p_open"), column("p_click")
     opened = sent & (u[:, 0] < p_open)
     clicked = opened & (u[:, 1] * p_open < p_click)  # P(click | open) = p_click / p_open
-    mail_buy = clicked & (u[:, 2] < model.buy_after_click)
+    mail_buy = clicked & (u[:, 2] < column("p_buy_after_click"))
     base_buy = known & (u[:, 3] < column("p_baseline"))
     offer_buy = sent & (u[:, 4] < column("p_offer_buy"))
     trigger_buy = opened & (pulled[:, 0] * p_open < column("p_trigger_buy"))

@@ -4,10 +4,13 @@ Candidates per customer come from their own history (re-purchase), item-to-item 
 neighbours of what they bought (cross-sell) and what is trending (cold start). Each
 (customer, product) pair gets features: how often and how lately the customer bought it, how
 due it is against the product's typical re-purchase interval, co-purchase strength, popularity
-and its trend. A LightGBM classifier learned on past cut-offs ranks the candidates.
+and its trend, and the customer's share of orders in the product's category (people keep to
+what they like: a tea drinker's next product is more likely tea than the shop's best seller).
+LightGBM's LambdaRank, learned on past cut-offs, ranks the candidates.
 
 Histories are long frames `customer_id, product_id, orders, quantity, first_ordered_at,
-last_ordered_at` (see `features.builders.interactions`); the model reads nothing else.
+last_ordered_at` and, where the catalogue has one, `category` (see
+`features.builders.interactions`); the model reads nothing else.
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ PAIR_FEATURES = [
     "user_days_since",
     "als_score",
     "als_rank",
+    "category_share",  # last: models fitted before it read the columns before it
 ]
 
 
@@ -141,6 +145,29 @@ def _layout(index: _Index, history: pl.DataFrame) -> _Layout:
     order = np.lexsort((i, u))
     indptr = np.r_[0, np.cumsum(np.bincount(u, minlength=shape[0]))]
     return _Layout(history[order], i[order], indptr, shape)
+
+
+def _category_codes(history: pl.DataFrame, products: np.ndarray, n_items: int) -> np.ndarray:
+    """Each product's category as a code (-1 where the history gives none)."""
+    codes = np.full(n_items, -1, np.int64)
+    if "category" not in history.columns:
+        return codes
+    category = history["category"]
+    known = category.is_not_null().to_numpy()
+    _, code = np.unique(
+        category.filter(category.is_not_null()).to_numpy().astype(str), return_inverse=True
+    )
+    codes[products[known]] = code
+    return codes
+
+
+def _one_hot(codes: np.ndarray) -> sp.csr_matrix:
+    """Products x categories: 1 where the product is of the category."""
+    known = np.flatnonzero(codes >= 0)
+    width = int(codes.max()) + 1 if len(known) else 1
+    return sp.csr_matrix(
+        (np.ones(len(known), np.float32), (known, codes[known])), shape=(len(codes), width)
+    )
 
 
 def _bm25(counts: sp.csr_matrix, idf: np.ndarray, average_length: np.floating) -> sp.csr_matrix:
@@ -279,6 +306,7 @@ class Items:
     average_length: np.floating  # BM25: mean orders per customer over the shop (float32)
     customers: np.ndarray  # sorted ids whose factors the ALS fit itself gave (small shops)
     user_factors: np.ndarray  # their factors; others are solved against the item factors
+    categories: np.ndarray  # per product its category's code, -1 where unknown
     compiled: bool  # rank with compiled trees: decided by the shop's size, not a part's
 
 
@@ -292,6 +320,7 @@ class _Context:
     own: dict[str, np.ndarray]  # own_* features per bought pair, aligned with `orders.data`
     decayed: sp.csr_matrix  # log orders, decayed by age: the co-purchase query
     user_factors: np.ndarray
+    category_orders: sp.csr_matrix  # customers x categories: orders of each category's products
     shop: Items
 
     @property
@@ -386,6 +415,7 @@ class ProductRanker(Settings):
             average_length=average_length,
             customers=customers if joint else customers[:0],
             user_factors=als.user_factors if joint else np.zeros((0, self.als_factors)),
+            categories=_category_codes(layout.history, i, shape[1]),
             compiled=shape[0] >= COMPILE_CUSTOMERS,
         )
 
@@ -419,6 +449,7 @@ class ProductRanker(Settings):
             },
             decayed=layout.matrix(np.log1p(orders) * np.exp(-days_since / 180)),
             user_factors=self._user_factors(index.customers, counts, shop),
+            category_orders=counts @ _one_hot(shop.categories),
             shop=shop,
         )
 
@@ -487,6 +518,8 @@ class ProductRanker(Settings):
         user_orders = np.add.reduceat(own["own_orders"], first_bought)
         user_since = np.minimum.reduceat(own["own_days_since"], first_bought)
         own_days = features["own_days_since"]
+        category = context.shop.categories[pi]
+        in_category = context.category_orders[start:stop].toarray()[pu, np.maximum(category, 0)]
         cf_pair = cf[pu, pi]
         als_pair = als[pu, pi]
         features |= {
@@ -499,6 +532,9 @@ class ProductRanker(Settings):
             "user_orders": user_orders[pu],
             "user_products": bought_per_user[pu],
             "user_days_since": user_since[pu],
+            "category_share": np.where(
+                category >= 0, in_category / np.maximum(user_orders[pu], 1), np.nan
+            ),
         }
         for name in ITEM_FEATURES:
             features[name] = context.items[name][pi]
@@ -641,7 +677,7 @@ class ProductRanker(Settings):
         rankers = [
             (
                 ranking,
-                tree_predictor(
+                self._predictor(
                     self.booster_new_ if ranking.new_only else self.booster_,
                     compiled=context.shop.compiled,
                 ),
@@ -676,11 +712,18 @@ class ProductRanker(Settings):
             )
         return lists
 
+    @staticmethod
+    def _predictor(booster: lgb.Booster, compiled: bool) -> Callable[[np.ndarray], np.ndarray]:
+        """The booster's predictions on the first of PAIR_FEATURES it was fitted on (a model
+        saved before a feature was added reads the columns it knew)."""
+        predict, width = tree_predictor(booster, compiled), booster.num_feature()
+        return lambda features: predict(features[:, :width])
+
     @property
     def feature_importances_(self) -> dict[str, float]:
         check_is_fitted(self, "booster_")
         gain = self.booster_.feature_importance("gain")
-        return dict(zip(PAIR_FEATURES, (gain / gain.sum()).round(4), strict=True))
+        return dict(zip(PAIR_FEATURES, (gain / gain.sum()).round(4), strict=False))
 
     def save(self, path: str | Path) -> None:
         check_is_fitted(self, "booster_")

@@ -220,7 +220,7 @@ def test_no_planted_effect_gives_intervals_around_zero(campaign):
     is nil and the report's interval covers zero."""
     _, shop, truth, decisions = campaign
     june = decisions.filter(pl.col("campaign") == "june")
-    flat = ResponseModel(affinity_lift=0.0)
+    flat = ResponseModel().without_affinity()
     responses = respond(shop, truth, june, DAYS, seed=0, model=flat)
     name = "personal vs popular products"
     planted = planted_value(responses.planted, name, "click_rate")
@@ -342,6 +342,71 @@ def test_train_offer_from_the_log_learns_from_what_the_policy_drew(
     assert main(["train", "offer", "--experiment", str(shop / "x.csv"), "--from-log"]) == 1
 
 
+def test_an_offer_model_from_the_log_is_promoted_on_what_it_earns_as_served(
+    campaign, tmp_path, monkeypatch, mlflow_home, capsys
+):
+    """A champion from the shop's own offer test and a challenger from the log are valued
+    on the log's held-out rows as the policy would serve each (targeting, one arm for
+    everyone, or nothing), in profit over no offer; the one that earns more is champion."""
+    import re
+    import shutil
+
+    import numpy as np
+
+    from sendwise.cli.main import main
+    from sendwise.models.uplift import OfferModel
+    from sendwise.policy.offers import OfferPolicy
+    from sendwise.store import registry
+    from sendwise.training.promote import _served_gain
+
+    directory = campaign[0]
+    shop = tmp_path / "shop"
+    shutil.copytree(directory, shop)
+    shutil.copy(directory.parent / "decisions.db", tmp_path / "decisions.db")
+    monkeypatch.setenv("SENDWISE_DECISION_LOG_URL", f"sqlite:///{tmp_path / 'decisions.db'}")
+    assert main(["simulate", "respond", "--shop", str(shop), "--campaign", "june"]) == 0
+    assert main(["train", "offer", "--shop", str(shop), "--campaign", "offer_test"]) == 0
+    assert main(["promote", "offer", "--shop", str(shop)]) == 0
+    args = ["train", "offer", "--shop", str(shop), "--from-log", "--campaign", "june"]
+    assert main(args) == 0
+    capsys.readouterr()
+    promoted = main(["promote", "offer", "--shop", str(shop)]) == 0
+    said = capsys.readouterr()
+    said = said.out + said.err
+    served = re.search(r"earns ([+-][\d.]+) against ([+-][\d.]+) profit per customer", said)
+    assert served, said
+    challenger, champion = float(served[1]), float(served[2])
+    qini = re.search(r"qini_auc ([+-]?[\d.]+), champion v1 ([+-]?[\d.]+)", said)
+    # Qini decides only between two that earn the same (two serving no offer)
+    wins = challenger > champion or (challenger == champion and float(qini[1]) > float(qini[2]))
+    assert promoted == wins, said
+    assert int(registry.alias_version("shop", "offer", "champion").version) == (
+        2 if promoted else 1
+    )
+
+    # what a model earns as served, read from its evidence
+    model = OfferModel.load(registry.download("shop", "offer", version="2")[0])
+    arms, policy = model.arms, OfferPolicy()
+
+    def interval(value: float, se: float = 0.01) -> dict:
+        return {"value": value, "se": se, "low": value - 0.0196, "high": value + 0.0196}
+
+    def evidence(targeting: float, arm_gain: float) -> dict:
+        return {
+            "learned_policy": interval(1.0 + 0.3),
+            "single_arm": {a: interval(1.0 + (arm_gain if a == arms[1] else 0.0)) for a in arms},
+            "gain_over_best_single_arm": interval(targeting),
+            "arms": {a: interval(arm_gain if a == arms[1] else -1.0) for a in arms[1:]},
+        }
+
+    model.evidence = evidence(targeting=0.3, arm_gain=0.1)  # targeting proven: its 0.3
+    assert np.isclose(_served_gain(model.evidence, model, policy), 0.3)
+    model.evidence = evidence(targeting=0.0, arm_gain=0.2)  # one arm proven: everyone gets it
+    assert np.isclose(_served_gain(model.evidence, model, policy), 0.2)
+    model.evidence = evidence(targeting=0.0, arm_gain=0.0)  # nothing proven: no offer
+    assert _served_gain(model.evidence, model, policy) == 0.0
+
+
 def test_planted_profit_is_what_the_draws_earn_on_average(campaign):
     """Naive policies are valued with `planted_profit` instead of drawn responses: the
     planted profit plus the unmailed margin is the mean profit the orders of many draws
@@ -366,7 +431,10 @@ def test_planted_profit_is_what_the_draws_earn_on_average(campaign):
     spread = np.std(draws, ddof=1) / np.sqrt(len(draws))
     assert abs(np.mean(draws) - total) < 4 * spread
     effect = profit_effect(expected, margin, fee)
-    assert 0 < effect["recipients"] < june.height and effect["per_1000"] > 0
+    assert 0 < effect["recipients"] < june.height
+    # without offers a mail only adds orders: it earns, whatever the offers cost above
+    no_offer = june.with_columns(offer=pl.lit("none"), offer_value=pl.lit(0.0))
+    assert profit_effect(expectations(shop, truth, no_offer, DAYS), margin, fee)["per_1000"] > 0
 
 
 def test_each_trigger_pulls_its_subject_as_planted(campaign):

@@ -105,6 +105,44 @@ def test_propensity_beats_its_baselines_on_the_simulated_shop(simulated_shop):
     assert rows["sendwise"]["roc_auc"] > best_baseline
 
 
+def test_personal_products_follow_the_planted_taste(simulated, simulated_shop):
+    """Each customer's first three products come from the categories the simulator draws
+    their purchases from, far more than the shop's best sellers do: the planted affinity
+    (a category's share of the customer's draws over their top category's, 1 at the top)."""
+    truth = simulated[2]
+    shares = [c for c in truth.columns if c.startswith("affinity_")]
+    affinity = truth.select(
+        "customer_id", *(pl.col(c) / pl.max_horizontal(shares) for c in shares)
+    ).unpivot(index="customer_id", variable_name="category", value_name="affinity")
+    catalogue = simulated_shop.products.select(
+        "product_id", category=pl.concat_str(pl.lit("affinity_"), "category")
+    ).collect()
+    history = builders.interactions(simulated_shop, AS_OF).collect()
+    ranked = fitted("crosssell", simulated_shop, AS_OF).rank(history, AS_OF)
+    popular = (
+        history.group_by("product_id")
+        .agg(pl.col("orders").sum())
+        .sort("orders", "product_id", descending=[True, False])["product_id"]
+        .head(10)
+    )
+
+    def taste(lists: pl.DataFrame) -> float:
+        first = lists.select("customer_id", product_id=pl.col("products").list.head(3))
+        return (
+            first.explode("product_id")
+            .join(catalogue, on="product_id")
+            .join(affinity, on=["customer_id", "category"])["affinity"]
+            .mean()
+        )
+
+    personal = taste(ranked)
+    best_sellers = taste(ranked.with_columns(products=pl.lit(popular.to_list())))
+    print(
+        f"planted affinity of the first three: personal {personal:.3f}, best sellers {best_sellers:.3f}"
+    )
+    assert personal > 0.45 and personal > 2 * best_sellers
+
+
 def test_models_load_back_identical(simulated_shop, tmp_path):
     history = builders.interactions(simulated_shop, AS_OF).collect()
     products = fitted("crosssell", simulated_shop, AS_OF, n_estimators=20)  # fit_products, H 30

@@ -6,7 +6,11 @@ from different trainings are not comparable. `promote` therefore takes the chall
 the champion there too: the champion's recorded settings are validated on that window exactly
 as the challenger's were (fitted on what was known before it, so neither saw the answers),
 or, for an offer model from other data, the champion itself is scored on the held-out rows.
-Both figures are printed; `champion` moves only when the challenger wins. A model that reads
+There an offer model is judged first on what it would earn as served (its targeting, one arm
+for everyone or no offer, as the offer policy's evidence gate decides), in held-out profit per
+customer over no offer; Qini AUC, which ranks customers but earns nothing by itself, decides
+between two that would earn the same (two that serve no offer). Both figures are printed;
+`champion` moves only when the challenger wins. A model that reads
 columns the shop's data do not have is refused before anything is scored.
 """
 
@@ -32,11 +36,12 @@ from sendwise.features.experiment import (
 from sendwise.features.shop import Shop, read_shop
 from sendwise.models.base import ModelFitError
 from sendwise.models.uplift import OfferModel
+from sendwise.policy.offers import OfferPolicy
 from sendwise.store import registry
 from sendwise.store.decisions import DecisionLog
 
 from .backtest import PRIMARY_METRIC
-from .offers import fit_offer, split, uplift_metrics
+from .offers import arm_shares, fit_offer, policy_evidence, split, uplift_metrics
 from .train import validate
 
 SHOWN_MISSING = 5  # missing columns named in a message
@@ -99,10 +104,15 @@ def _incompatible(task: str, shop: str, version, columns: list[str]) -> str | No
 
 
 def promote(
-    task: str, shop: str, data: Shop | None = None, version: str | None = None
+    task: str,
+    shop: str,
+    data: Shop | None = None,
+    version: str | None = None,
+    policy: OfferPolicy | None = None,
 ) -> Promotion:
     """Make the challenger (or `version`, a deliberate choice) the shop's champion: the
-    challenger only if it beats the champion on the challenger's own validation data."""
+    challenger only if it beats the champion on the challenger's own validation data. Offer
+    models are valued at `policy`'s margin and costs (default: the defaults')."""
     if version is not None:
         return choose(task, shop, version, data)
     challenger = registry.alias_version(shop, task, registry.CHALLENGER)
@@ -113,8 +123,11 @@ def promote(
     if champion is not None and champion.version == challenger.version:
         return Promotion(True, f"{label} v{challenger.version} is already the champion")
     metric = PRIMARY_METRIC[task]
+    served = None
     if task == "offer":
-        new, old, note, refusal = _offer_figures(shop, challenger, champion, data)
+        new, old, note, refusal, served = _offer_figures(
+            shop, challenger, champion, data, policy or OfferPolicy()
+        )
     else:
         new, old, note, refusal = shop_figures(task, shop, challenger, champion, data)
     if refusal:
@@ -124,6 +137,16 @@ def promote(
         registry.set_champion(shop, task, challenger.version, "promote", "first champion")
         return Promotion(True, f"promoted {label} {c} ({metric} {new:.4f}); no champion before")
     both = f"challenger {c} {metric} {new:.4f}, champion {o} {_shown(old)} ({note})"
+    if served is not None:
+        gains = f"{served[0]:+.4f} against {served[1]:+.4f} {served[2]}"
+        both = f"as served, challenger {c} earns {gains}; {both}"
+    if served is not None and served[0] != served[1]:
+        if served[0] > served[1]:
+            registry.set_champion(shop, task, challenger.version, "promote", both)
+            return Promotion(True, f"promoted {label}: {both}")
+        return Promotion(
+            False, f"refused: {label}: {both}; the challenger would earn less as served"
+        )
     if old is None or new > old:
         registry.set_champion(shop, task, challenger.version, "promote", both)
         return Promotion(True, f"promoted {label}: {both}")
@@ -206,8 +229,22 @@ def _experiment_of(shop: str, version, given: Shop | None) -> Experiment:
     return campaign_experiment(data, campaign, window_days, outcome)
 
 
-def _offer_figures(shop: str, challenger, champion, given: Shop | None):
-    """The offer challenger's held-out figure and the champion's on the same held-out rows."""
+def _served_gain(evidence: dict, model: OfferModel, policy: OfferPolicy) -> float:
+    """What `model` earns per customer over no offer as the policy serves it, from evidence
+    on held-out rows: its targeting's, else that of the one arm it gives everyone (0: none)."""
+    control = evidence["single_arm"][model.arms[0]]["value"]
+    alike = policy.trusted(model)
+    if alike is None:
+        return evidence["learned_policy"]["value"] - control
+    return evidence["single_arm"][model.arms[int(np.argmax(alike))]]["value"] - control
+
+
+def _offer_figures(
+    shop: str, challenger, champion, given: Shop | None, policy: OfferPolicy
+) -> tuple:
+    """The offer challenger's held-out figure and the champion's on the same held-out rows,
+    how, a refusal, and (where both can be valued as served on those rows: the champion from
+    other data) each one's served gain there with its unit."""
     metric = PRIMARY_METRIC["offer"]
     experiment = _experiment_of(shop, challenger, given)
     problem = _incompatible("offer", shop, challenger, experiment.frame.columns)
@@ -215,20 +252,20 @@ def _offer_figures(shop: str, challenger, champion, given: Shop | None):
         as_of = given.latest() or datetime.now()
         problem = _incompatible("offer", shop, challenger, _feature_columns(given, as_of))
     if problem:
-        return None, None, "", f"{problem}; it cannot serve shop {shop}"
+        return None, None, "", f"{problem}; it cannot serve shop {shop}", None
     new = registry.run_metric(challenger.run_id, metric)
     if champion is None:
-        return new, None, "", None
+        return new, None, "", None, None
     seed = int(_run_tags(challenger).get("seed", 0))
     train_rows, test_rows = split(experiment, seed)
     held_out = experiment.subset(test_rows)
     path, _ = registry.download(shop, "offer", version=champion.version)
     model = OfferModel.load(path)
     if missing_columns(model.feature_names, experiment.frame.columns):
-        return new, None, "it reads columns the challenger's data do not have", None
+        return new, None, "it reads columns the challenger's data do not have", None, None
     arms = [a for a in model.outcome.treatments_ if a in set(experiment.arm)]
     if not arms:
-        return new, None, "none of its arms is in the challenger's data", None
+        return new, None, "none of its arms is in the challenger's data", None, None
     if _run_tags(champion).get("experiment") == experiment.source:
         # trained on these very rows: its settings are fitted again on the challenger's part
         not_features = set(experiment.frame.columns) - set(experiment.features.columns)
@@ -238,11 +275,21 @@ def _offer_figures(shop: str, challenger, champion, given: Shop | None):
         uplift = twin.outcome.predict_uplift(held_out.frame.select(twin.feature_names))
         scored = uplift_metrics(held_out, uplift, twin.outcome.treatments_)
         how = "its settings fitted again on the challenger's training part"
-        return new, scored[metric], how, None
+        return new, scored[metric], how, None, None
     uplift = model.outcome.predict_uplift(held_out.frame.select(model.feature_names))
     columns = [list(model.outcome.treatments_).index(a) for a in arms]
     scored = uplift_metrics(held_out, np.asarray(uplift)[:, columns], arms)
-    return new, scored[metric], "scored on the challenger's held-out rows", None
+    how = "scored on the challenger's held-out rows"
+    served = None
+    offered = OfferModel.load(registry.download(shop, "offer", version=challenger.version)[0])
+    if set(model.arms) <= set(experiment.arm) and offered.evidence:
+        held = policy_evidence(held_out, model, policy, arm_shares(experiment))
+        served = (
+            _served_gain(offered.evidence, offered, policy),
+            held["learned_policy"]["value"] - held["single_arm"][model.arms[0]]["value"],
+            f"{held['unit']} over no offer",
+        )
+    return new, scored[metric], how, None, served
 
 
 def choose(task: str, shop: str, version: str, given: Shop | None = None) -> Promotion:
