@@ -523,11 +523,12 @@ def promote_command(
     from sendwise.training.train import MODELS
 
     owner, data = _shop_choice(shop, name)
-    policy = load_settings().offers.policy("promote")  # the margin and costs offers earn at
     if version is not None and task is Task.all:
         raise SendwiseError("--version names one model's version: promote MODEL --version N")
     refused, tried = False, 0
     names = [*MODELS, "offer"] if task is Task.all else [task.value]
+    # the margin and costs offers earn at (a broken configuration stops only offers)
+    policy = load_settings().offers.policy("promote") if "offer" in names else None
     with console.status("Scoring challenger and champion on the same data..."):
         for model in names:
             if task is Task.all and not registry.alias_version(owner, model, "challenger"):

@@ -60,7 +60,10 @@ def one_shop(seed: int, customers: int, responses: int, work: Path) -> list[dict
     # each shop its own response seeds: the same seed would draw the same uniforms for every
     # shop of the same size, and the "independent" seeds would share their luck
     for response_seed in range(seed * responses, (seed + 1) * responses):
-        for model, kind in ((ResponseModel(), "planted"), (ResponseModel().without_affinity(), "aa")):
+        for model, kind in (
+            (ResponseModel(), "planted"),
+            (ResponseModel().without_affinity(), "aa"),
+        ):
             answered = respond(shop, truth, decisions, DAYS, seed=response_seed, model=model)
             attributed = outcomes(decisions, with_responses(shop, answered), DAYS)
             for c in summarise_campaign(attributed, DAYS).comparisons:

@@ -25,7 +25,9 @@ next full hour (the report's would-be send time):
 - **Click**: c = o * min(1, click_base * (1 + affinity_lift * m)), m = the mean affinity of
   the first `top_k` of the decision's `products`.
 - **Mail-driven purchase**: e = c * buy_after_click * f^buy_affinity, one unit of the first
-  listed product, f = its affinity: a click is a look, and people buy what they like.
+  listed product, f = its affinity: a click is a look, and people buy what they like. A
+  decision without a first product the catalogue knows buys a basket of the top category
+  (f = 1).
 - **Offer-driven purchase** (sent only): u = the planted `true_uplift_<offer>` (0 for `none`
   and for arms the truth does not know), a basket like the baseline's.
 - **Trigger pull** (sent triggered mail only): t = o * `trigger_pull[trigger]`, one unit of
@@ -109,7 +111,7 @@ class ResponseModel:
 
     hour_width: float = 1.5  # hours: width of the preferred-hour kernel
     click_base: float = 0.10  # P(click | human open) for products of no affinity
-    affinity_lift: float = 2.0  # click rate x (1 + lift x share of favourite-category products)
+    affinity_lift: float = 2.0  # click rate x (1 + lift x the first products' mean affinity)
     top_k: int = 3  # the first products of `products` that the affinity is read from
     buy_after_click: float = 0.30  # P(buy the first product | click), of the top category
     buy_affinity: float = 1.0  # P(buy | click) goes with the first product's affinity to this
@@ -319,8 +321,8 @@ def expectations(
     model: ResponseModel | None = None,
 ) -> pl.DataFrame:
     """Each decision (its columns, in order) with its planted probabilities and expected
-    outcomes: `p_open`, `p_click`, `p_unsubscribe`, `p_baseline`, `p_mail_buy`, `p_offer_buy`,
-    `p_trigger_buy`,
+    outcomes: `p_open`, `p_click`, `p_unsubscribe`, `p_baseline`, `p_mail_buy` (with
+    `first_affinity` and `p_buy_after_click`), `p_offer_buy`, `p_trigger_buy`,
     `expected_conversion`, `expected_revenue`, the same two had it not been mailed
     (`unmailed_conversion`, `unmailed_revenue`), and what the mail added per report metric
     (`lift_<metric>`)."""

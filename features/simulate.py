@@ -574,7 +574,7 @@ def _simulate_part(w: _World) -> tuple[dict[str, pl.DataFrame], pl.DataFrame]:
             "regularity": w.regularity,
             "dropout_at": w.stamp(np.minimum(w.dropout, 10 * w.days)),
             "top_category": pl.Series(np.array([c for c, *_ in CATEGORIES])[w.affinity.argmax(1)]),
-            # each category's share of the customer's draws (see `World.products`)
+            # each category's share of the customer's draws (see `_World.pick_products`)
             **{f"affinity_{c}": w.affinity[:, k] for k, (c, *_) in enumerate(CATEGORIES)},
             "staple_product_id": w.catalog.product_ids.gather(np.maximum(w.staple, 0)),
             "staple_cycle_days": np.where(

@@ -4,7 +4,8 @@ Candidates per customer come from their own history (re-purchase), item-to-item 
 neighbours of what they bought (cross-sell) and what is trending (cold start). Each
 (customer, product) pair gets features: how often and how lately the customer bought it, how
 due it is against the product's typical re-purchase interval, co-purchase strength, popularity
-and its trend, and the customer's share of orders in the product's category (people keep to
+and its trend, and the customer's share of purchases (orders per product, summed) in the
+product's category (people keep to
 what they like: a tea drinker's next product is more likely tea than the shop's best seller).
 LightGBM's LambdaRank, learned on past cut-offs, ranks the candidates.
 
@@ -723,7 +724,8 @@ class ProductRanker(Settings):
     def feature_importances_(self) -> dict[str, float]:
         check_is_fitted(self, "booster_")
         gain = self.booster_.feature_importance("gain")
-        return dict(zip(PAIR_FEATURES, (gain / gain.sum()).round(4), strict=False))
+        known = PAIR_FEATURES[: len(gain)]  # a model saved before a feature was added
+        return dict(zip(known, (gain / gain.sum()).round(4), strict=True))
 
     def save(self, path: str | Path) -> None:
         check_is_fitted(self, "booster_")

@@ -118,7 +118,8 @@ def test_personal_products_follow_the_planted_taste(simulated, simulated_shop):
         "product_id", category=pl.concat_str(pl.lit("affinity_"), "category")
     ).collect()
     history = builders.interactions(simulated_shop, AS_OF).collect()
-    ranked = fitted("crosssell", simulated_shop, AS_OF).rank(history, AS_OF)
+    ranker = fitted("crosssell", simulated_shop, AS_OF)
+    ranked = ranker.rank(history, AS_OF)
     popular = (
         history.group_by("product_id")
         .agg(pl.col("orders").sum())
@@ -141,6 +142,8 @@ def test_personal_products_follow_the_planted_taste(simulated, simulated_shop):
         f"planted affinity of the first three: personal {personal:.3f}, best sellers {best_sellers:.3f}"
     )
     assert personal > 0.45 and personal > 2 * best_sellers
+    # the customer's share of purchases in a product's category is one of the ranker's cues
+    assert ranker.feature_importances_["category_share"] > 0.01  # 0.034 here, sixth of 21
 
 
 def test_models_load_back_identical(simulated_shop, tmp_path):

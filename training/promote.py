@@ -230,8 +230,9 @@ def _experiment_of(shop: str, version, given: Shop | None) -> Experiment:
 
 
 def _served_gain(evidence: dict, model: OfferModel, policy: OfferPolicy) -> float:
-    """What `model` earns per customer over no offer as the policy serves it, from evidence
-    on held-out rows: its targeting's, else that of the one arm it gives everyone (0: none)."""
+    """What `model` earns per customer over no offer as the policy serves it (its evidence
+    gate; caps, budget, exploration and holdout aside), from `policy_evidence` on held-out
+    rows: its targeting's, else that of the one arm it gives everyone (0: none)."""
     control = evidence["single_arm"][model.arms[0]]["value"]
     alike = policy.trusted(model)
     if alike is None:
@@ -280,16 +281,42 @@ def _offer_figures(
     columns = [list(model.outcome.treatments_).index(a) for a in arms]
     scored = uplift_metrics(held_out, np.asarray(uplift)[:, columns], arms)
     how = "scored on the challenger's held-out rows"
-    served = None
-    offered = OfferModel.load(registry.download(shop, "offer", version=challenger.version)[0])
-    if set(model.arms) <= set(experiment.arm) and offered.evidence:
-        held = policy_evidence(held_out, model, policy, arm_shares(experiment))
-        served = (
-            _served_gain(offered.evidence, offered, policy),
-            held["learned_policy"]["value"] - held["single_arm"][model.arms[0]]["value"],
-            f"{held['unit']} over no offer",
-        )
+    served = _served(shop, challenger, model, held_out, arm_shares(experiment), policy)
     return new, scored[metric], how, None, served
+
+
+def _served(
+    shop: str,
+    challenger,
+    champion: OfferModel,
+    held_out: Experiment,
+    shares: dict[str, float],
+    policy: OfferPolicy,
+) -> tuple[float, float, str] | None:
+    """(challenger's, champion's served gain on the challenger's held-out rows, unit), or None
+    where the two cannot be valued on the same terms: the champion offers an arm those rows
+    lack, or the challenger's evidence (from its training) is not of these very rows at this
+    policy's margin and costs (the log or the configuration changed since)."""
+    offered = OfferModel.load(registry.download(shop, "offer", version=challenger.version)[0])
+    evidence = offered.evidence
+    if (
+        not evidence
+        or not set(champion.arms) <= set(held_out.arm)
+        or missing_columns(champion.feature_names, held_out.features.columns)
+    ):
+        return None
+    held = policy_evidence(held_out, champion, policy, shares)
+    same_terms = evidence["customers"] == held["customers"] and all(
+        np.isclose(evidence["single_arm"][a]["value"], held["single_arm"][a]["value"])
+        for a in set(evidence["single_arm"]) & set(held["single_arm"])
+    )
+    if not same_terms:
+        return None
+    return (
+        _served_gain(evidence, offered, policy),
+        _served_gain(held, champion, policy),
+        f"{held['unit']} over no offer",
+    )
 
 
 def choose(task: str, shop: str, version: str, given: Shop | None = None) -> Promotion:
