@@ -351,12 +351,10 @@ def _serves(model, policy) -> str:
         return f"{found}: its targeting is served"
     dropped = [a for a, v in zip(model.arms, alike, strict=True) if v == -np.inf]
     dropped = f"; {', '.join(dropped)} shown to lose money: not even explored" if dropped else ""
-    best = int(np.argmax(alike))
-    if alike[best] <= 0:
+    arm = policy.served(model)
+    if arm == model.arms[0]:
         return f"{found}: not proven, nor any offer for everyone: no offer but exploration{dropped}"
-    return (
-        f"{found}: not proven; {model.arms[best]} has proven to pay and goes to everyone{dropped}"
-    )
+    return f"{found}: not proven; {arm} has proven to pay and goes to everyone{dropped}"
 
 
 def _registered(registered) -> str:

@@ -5,8 +5,8 @@ neighbours of what they bought (cross-sell) and what is trending (cold start). E
 (customer, product) pair gets features: how often and how lately the customer bought it, how
 due it is against the product's typical re-purchase interval, co-purchase strength, popularity
 and its trend, and the customer's share of purchases (orders per product, summed) in the
-product's category (people keep to
-what they like: a tea drinker's next product is more likely tea than the shop's best seller).
+product's category (people keep to what they like: a tea drinker's next product is more likely
+tea than the shop's best seller).
 LightGBM's LambdaRank, learned on past cut-offs, ranks the candidates.
 
 Histories are long frames `customer_id, product_id, orders, quantity, first_ordered_at,

@@ -106,6 +106,12 @@ class OfferPolicy:
             values.append(-np.inf if losing else found["value"] - z * found["se"])
         return np.array(values)
 
+    def served(self, model: OfferModel) -> str | None:
+        """What the policy serves from `model`: None for its targeting, else the one arm
+        every customer gets (control: no offer)."""
+        alike = self.trusted(model)
+        return None if alike is None else model.arms[int(np.argmax(alike))]
+
     def expected_values(self, model: OfferModel, X: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """(rows, arms) expected incremental profit against control (column 0 is 0) and the
         expected cost of each arm."""

@@ -9,9 +9,9 @@ or, for an offer model from other data, the champion itself is scored on the hel
 There an offer model is judged first on what it would earn as served (its targeting, one arm
 for everyone or no offer, as the offer policy's evidence gate decides), in held-out profit per
 customer over no offer; Qini AUC, which ranks customers but earns nothing by itself, decides
-between two that would earn the same (two that serve no offer). Both figures are printed;
-`champion` moves only when the challenger wins. A model that reads
-columns the shop's data do not have is refused before anything is scored.
+between two that would earn the same (both serving no offer, or the same arm). Both figures
+are printed; `champion` moves only when the challenger wins. A model that reads columns the
+shop's data do not have is refused before anything is scored.
 """
 
 from __future__ import annotations
@@ -140,13 +140,13 @@ def promote(
     if served is not None:
         gains = f"{served[0]:+.4f} against {served[1]:+.4f} {served[2]}"
         both = f"as served, challenger {c} earns {gains}; {both}"
-    if served is not None and served[0] != served[1]:
         if served[0] > served[1]:
             registry.set_champion(shop, task, challenger.version, "promote", both)
             return Promotion(True, f"promoted {label}: {both}")
-        return Promotion(
-            False, f"refused: {label}: {both}; the challenger would earn less as served"
-        )
+        if served[0] < served[1]:
+            return Promotion(
+                False, f"refused: {label}: {both}; the challenger would earn less as served"
+            )
     if old is None or new > old:
         registry.set_champion(shop, task, challenger.version, "promote", both)
         return Promotion(True, f"promoted {label}: {both}")
@@ -233,11 +233,9 @@ def _served_gain(evidence: dict, model: OfferModel, policy: OfferPolicy) -> floa
     """What `model` earns per customer over no offer as the policy serves it (its evidence
     gate; caps, budget, exploration and holdout aside), from `policy_evidence` on held-out
     rows: its targeting's, else that of the one arm it gives everyone (0: none)."""
-    control = evidence["single_arm"][model.arms[0]]["value"]
-    alike = policy.trusted(model)
-    if alike is None:
-        return evidence["learned_policy"]["value"] - control
-    return evidence["single_arm"][model.arms[int(np.argmax(alike))]]["value"] - control
+    arm = policy.served(model)
+    earned = evidence["learned_policy"] if arm is None else evidence["single_arm"][arm]
+    return earned["value"] - evidence["single_arm"][model.arms[0]]["value"]
 
 
 def _offer_figures(
