@@ -392,13 +392,16 @@ def train_command(
             "holdout), weighted by their logged probabilities; --campaign to pick one.",
         ),
     ] = False,
+    engine: EngineOption = Engine.local,
+    scheduler: SchedulerOption = None,
 ) -> None:
     """Validate, fit, log to MLflow and register the model as the shop's `challenger`.
 
     Shop models validate out of time (the H days before the cut-off); the offer model learns
     from a randomised experiment (a file, the shop's latest campaign, or with --from-log the
     decisions sendwise logged) and validates on a held-out 30%. `all` trains the offer model
-    too when the shop has assignments.
+    too when the shop has assignments. With --engine dask (a bucketed shop), the propensity
+    model is fitted on the Dask cluster with lightgbm.dask; the others on this machine.
     """
     from sendwise.training.train import Skipped, train, train_all
 
@@ -423,10 +426,17 @@ def train_command(
     with console.status(f"Training {task.value}...") as status:
         if task is Task.all:
             outcomes = train_all(
-                data, cutoff, horizon_days, lambda name: status.update(f"Training {name}...")
+                data,
+                cutoff,
+                horizon_days,
+                lambda name: status.update(f"Training {name}..."),
+                engine,
+                scheduler,
             )
         else:
-            outcomes = [train(task.value, data, cutoff, horizon_days)]
+            outcomes = [
+                train(task.value, data, cutoff, horizon_days, engine=engine, scheduler=scheduler)
+            ]
         for result in outcomes:
             if isinstance(result, Skipped):
                 out.print(str(result), markup=False)

@@ -49,7 +49,9 @@ class PurchasePropensity(Settings):
         self.lambda_l2 = lambda_l2
         self.random_state = random_state
 
-    def _params(self) -> dict:
+    def booster_params(self) -> dict:
+        """The LightGBM parameters of this model's boosters (a learner elsewhere, such as
+        `lightgbm.dask`, fits with the same ones)."""
         return lightgbm_params(
             "binary",
             self.random_state,
@@ -88,16 +90,15 @@ class PurchasePropensity(Settings):
             and len(np.unique(y[calibration])) == 2  # a map needs both outcomes to learn
         ):
             early = lgb.train(
-                self._params(),
+                self.booster_params(),
                 lgb.Dataset(features[~calibration], y[~calibration]),
                 self.n_estimators,
             )
             scores = early.predict(features[calibration], raw_score=True)
-            platt = LogisticRegression(C=1e4).fit(scores[:, None], y[calibration])
-            self.calibration_ = np.array([platt.coef_[0, 0], platt.intercept_[0]])
+            self.calibration_ = platt_map(scores, y[calibration])
         else:
             self.calibration_ = np.array([1.0, 0.0])
-        params, valid = self._params(), []
+        params, valid = self.booster_params(), []
         if eval_set is not None:
             params["metric"] = "auc"
             valid = [lgb.Dataset(matrix(eval_set[0], self.feature_names_), eval_set[1])]
@@ -108,6 +109,17 @@ class PurchasePropensity(Settings):
             valid_sets=valid,
             callbacks=callbacks,
         )
+        return self
+
+    def adopt(
+        self, booster: lgb.Booster, feature_names: list[str], calibration: np.ndarray | None
+    ) -> PurchasePropensity:
+        """Take a booster fitted elsewhere with `booster_params` (on a cluster, by
+        `lightgbm.dask`) on `feature_names`, with its Platt map (`platt_map`; None: the
+        booster's own probabilities), as `fit` would have left it."""
+        self.feature_names_ = list(feature_names)
+        self.calibration_ = np.array([1.0, 0.0]) if calibration is None else calibration
+        self.booster_ = booster
         return self
 
     def score(self, X: pl.DataFrame) -> np.ndarray:
@@ -172,3 +184,10 @@ class PurchasePropensity(Settings):
         model.calibration_ = arrays["calibration"]
         model.booster_ = lgb.Booster(model_str=Path(path, "booster.txt").read_text())
         return model
+
+
+def platt_map(scores: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(slope, intercept) of the logistic map from raw scores to P(purchase), learned out of
+    time: on rows the booster that scored them did not learn from."""
+    platt = LogisticRegression(C=1e4).fit(scores[:, None], y)
+    return np.array([platt.coef_[0, 0], platt.intercept_[0]])

@@ -170,7 +170,7 @@ def test_promote_scores_champion_and_challenger_on_the_same_window(
     real = training.validate
     weak = {"n_estimators": 1, "min_child_samples": 10**6}  # one tree without a split
     try:  # the challenger's validation figure: a constant score's
-        training.validate = lambda task, s, t, h, params: real(task, s, t, h, weak)  # noqa: E731
+        training.validate = lambda task, s, t, h, params, fit: real(task, s, t, h, weak, fit)  # noqa: E731
         assert main(earlier) == 0
     finally:
         training.validate = real

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -82,8 +83,16 @@ def fit_propensity(
     return model, train
 
 
-def backtest_propensity(shop: Shop, as_of: datetime, horizon_days: int, **params) -> Section:
-    model, train = fit_propensity(shop, as_of, horizon_days, **params)
+PropensityFit = Callable[..., tuple[PurchasePropensity, pl.DataFrame]]
+
+
+def backtest_propensity(
+    shop: Shop, as_of: datetime, horizon_days: int, fit: PropensityFit | None = None, **params
+) -> Section:
+    """sendwise's propensity against its baselines at `as_of`; `fit` as `fit_propensity`
+    (another learner: the RFM baseline reads only RFM_FEATURES and `purchased` of the
+    training rows it returns)."""
+    model, train = (fit or fit_propensity)(shop, as_of, horizon_days, **params)
     test = labelled(shop, [as_of], horizon_days, buyers_only=True).frame
     y = test["purchased"].to_numpy()
     if len(np.unique(y)) < 2:  # every metric would be NaN, and NaN never loses a promotion

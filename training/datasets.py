@@ -49,12 +49,19 @@ class LabelledSet:
 
 
 def labelled(
-    shop: Shop, cutoffs: list[datetime], horizon_days: int, buyers_only: bool = False
+    shop: Shop,
+    cutoffs: list[datetime],
+    horizon_days: int,
+    buyers_only: bool = False,
+    timezones: dict[datetime, str] | None = None,
 ) -> LabelledSet:
-    """Features at each cut-off joined with what happened in the horizon after it."""
+    """Features at each cut-off joined with what happened in the horizon after it.
+    `timezones`: each cut-off's fallback zone, where `shop` is a bucket of the shop whose
+    zones they are (see `builders.FeatureContext`)."""
     queries = []
     for cutoff in cutoffs:
-        features = builders.customer_features(shop, cutoff)
+        zone = None if timezones is None else timezones[cutoff]
+        features = builders.customer_features(shop, cutoff, timezone=zone)
         labels = builders.purchase_labels(shop, cutoff, horizon_days).drop("as_of")
         query = features.join(labels, on="customer_id", how="left").with_columns(
             cutoff=pl.lit(cutoff)

@@ -18,22 +18,26 @@ from pathlib import Path
 
 import polars as pl
 
+from sendwise.errors import SendwiseError
 from sendwise.features import builders
+from sendwise.features.engine import Engine
 from sendwise.features.shop import Shop
 from sendwise.models.base import ModelFitError
 from sendwise.store import registry
 
 from .backtest import (
     PRIMARY_METRIC,
+    RFM_FEATURES,
+    PropensityFit,
     backtest_products,
     backtest_propensity,
     backtest_sendtime,
     fit_products,
     fit_propensity,
     fit_sendtime,
-    propensity_features,
     select_sendtime,
 )
+from .distributed import fit_propensity_on_dask
 
 MODELS = ("propensity", "crosssell", "sendtime")
 WITHOUT = {  # what decisions do when a model could not be trained
@@ -79,10 +83,33 @@ def code_version() -> str:
     return found.stdout.strip() or "unknown"
 
 
-def validate(task: str, shop: Shop, as_of: datetime, horizon_days: int, params: dict):
+def propensity_fit(engine: Engine | str, scheduler: str | None = None) -> PropensityFit:
+    """How the propensity model is fitted: on one node (`fit_propensity`), or on Dask with
+    `lightgbm.dask` from a bucketed shop's buckets (see `distributed`)."""
+    if Engine(engine) is Engine.local:
+        return fit_propensity
+
+    def on_dask(shop: Shop, as_of: datetime, horizon_days: int, **params):
+        if shop.directory is None:
+            raise SendwiseError("--engine dask trains on a bucketed shop directory")
+        return fit_propensity_on_dask(
+            shop.directory, as_of, horizon_days, scheduler, kept=tuple(RFM_FEATURES), **params
+        )
+
+    return on_dask
+
+
+def validate(
+    task: str,
+    shop: Shop,
+    as_of: datetime,
+    horizon_days: int,
+    params: dict,
+    fit: PropensityFit = fit_propensity,
+):
     cutoff = as_of - timedelta(days=horizon_days)
     if task == "propensity":
-        sections = [backtest_propensity(shop, cutoff, horizon_days, **params)]
+        sections = [backtest_propensity(shop, cutoff, horizon_days, fit, **params)]
     elif task == "crosssell":
         sections = backtest_products(shop, cutoff, horizon_days, **params)
     else:
@@ -115,17 +142,24 @@ def train(
     params: dict | None = None,
     extra_tags: dict[str, str] | None = None,
     challenger: bool = True,
+    engine: Engine | str = Engine.local,
+    scheduler: str | None = None,
 ) -> TrainResult:
     """Fit one model at `as_of`, log it with its validation metrics, register it in the
-    shop's registry and (unless told not to) make it the challenger.
+    shop's registry and (unless told not to) make it the challenger. On `engine` dask the
+    propensity model (validation's and the registered one) is fitted with `lightgbm.dask`;
+    the others fit on this node.
 
     Raises `CannotTrain` when the shop's data cannot support the model.
     """
     reason = unsupported(task, shop, as_of)
     if reason:
         raise CannotTrain(task, reason)
+    fit = propensity_fit(engine, scheduler)
     try:
-        return _fit_and_register(task, shop, as_of, horizon_days, params, extra_tags, challenger)
+        return _fit_and_register(
+            task, shop, as_of, horizon_days, params, extra_tags, challenger, fit
+        )
     except ModelFitError as error:
         raise CannotTrain(task, str(error)) from error
 
@@ -135,6 +169,8 @@ def train_all(
     as_of: datetime,
     horizon_days: int,
     progress: Callable[[str], None] | None = None,
+    engine: Engine | str = Engine.local,
+    scheduler: str | None = None,
 ) -> Iterator[TrainResult | Skipped]:
     """Every shop model in turn, each outcome as soon as it is known: a model the shop cannot
     support is skipped, not the end of the others. Fails only when none could be trained."""
@@ -143,7 +179,7 @@ def train_all(
         if progress:
             progress(task)
         try:
-            result = train(task, shop, as_of, horizon_days)
+            result = train(task, shop, as_of, horizon_days, engine=engine, scheduler=scheduler)
         except CannotTrain as error:
             yield Skipped(task, error.reason)
             continue
@@ -161,17 +197,18 @@ def _fit_and_register(
     params: dict | None,
     extra_tags: dict[str, str] | None,
     challenger: bool = True,
+    fit: PropensityFit = fit_propensity,
 ) -> TrainResult:
     params = dict(params or {})
     if task == "sendtime" and not params:
         params = select_sendtime(shop, as_of, horizon_days)
-    metrics, baselines = validate(task, shop, as_of, horizon_days, params)
+    metrics, baselines = validate(task, shop, as_of, horizon_days, params, fit)
     documents: dict[str, object] = {"baselines.json": baselines, "settings.json": dict(params)}
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "model"
         if task == "propensity":
-            model, train_frame = fit_propensity(shop, as_of, horizon_days, **params)
-            documents["features.json"] = propensity_features(train_frame)
+            model, _ = fit(shop, as_of, horizon_days, **params)
+            documents["features.json"] = model.feature_names_
             documents["feature_importances.json"] = model.feature_importances_
             params = {**model.get_params(), **params}
         elif task == "crosssell":
