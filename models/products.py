@@ -116,7 +116,7 @@ def _codes(sorted_values: np.ndarray, values: pl.Series) -> np.ndarray:
         {"value": pl.Series(sorted_values, dtype=pl.String), "code": np.arange(len(sorted_values))}
     )
     found = pl.DataFrame({"value": values.cast(pl.String)}).join(
-        index, on="value", how="left", maintain_order="left"
+        index, on="value", how="left", maintain_order="left", validate="m:1"
     )
     return found["code"].fill_null(-1).to_numpy()
 
@@ -155,7 +155,7 @@ def _layout(index: _Index, history: pl.DataFrame) -> _Layout:
     u = index.customer_codes(history["customer_id"])
     i = index.product_codes(history["product_id"])
     indptr = np.r_[0, np.cumsum(np.bincount(u, minlength=shape[0]))]
-    keys = u * shape[1] + i
+    keys = u * (shape[1] + 1) + (i + 1)  # unknown products (-1) included, in order
     if np.all(keys[1:] >= keys[:-1]):  # `interactions` comes sorted so: no copy
         return _Layout(history, i, indptr, shape)
     order = np.lexsort((i, u))
@@ -169,8 +169,8 @@ def _category_codes(history: pl.DataFrame, products: np.ndarray, n_items: int) -
         return codes
     named = (  # one row per product first: a catalogue gives each product one category
         pl.DataFrame({"product": products, "category": history["category"]})
-        .unique("product", keep="last")
         .drop_nulls("category")
+        .unique("product", keep="last")
     )
     _, code = np.unique(named["category"].to_numpy().astype(str), return_inverse=True)
     codes[named["product"].to_numpy()] = code

@@ -4,15 +4,18 @@ by bucket and keep.
 
 A bucket's examples (features at every training cut-off, labels after it) depend on that
 bucket's customers and the shop's fallback time zones alone, so they are built where the
-task runs and never gathered: `DaskLGBMClassifier` fits data parallel over the workers that
-hold them, agreeing on each split over the network. The Platt map is learned as
-`PurchasePropensity.fit` learns it: a first booster, on the earlier cut-offs, scores the
-latest one out of time.
+task runs and stay there (only the few columns a caller asks to keep come back):
+LightGBM's Dask learner fits data parallel over the workers that hold them, agreeing on each
+split over the network. It is the regressor with the binary objective, not the classifier:
+the classifier encodes labels on each worker apart, so a worker holding only buyers would
+learn them as class 0. The Platt map is learned as `PurchasePropensity.fit` learns it: a first
+booster, on the earlier cut-offs, scores the latest one out of time.
 
 Features are identical across engines; the fitted trees are not (each worker bins and bags
-its own rows), so the model is of the same kind, not the same bits. Prefer one node while the
-examples fit its memory: LightGBM there has early stopping for tuning, and no cluster to start
-or network to cross every boosting round (README, "Training on a cluster", has the figures).
+its own rows, in the order the cluster placed them), so the model is of the same kind, not the
+same bits, nor the same bits on a rerun. Prefer one node while the examples fit its memory:
+LightGBM there has early stopping for tuning, and no cluster to start or network to cross
+every boosting round (README, "Beyond one machine: buckets and Dask", has the figures).
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from sendwise.models.propensity import PurchasePropensity, platt_map
 
 from .backtest import propensity_features
 from .datasets import CUTOFF_STRIDE_DAYS, TRAINING_CUTOFFS, labelled, training_cutoffs
+
+ORDER = ("cutoff", "customer_id")  # `labelled` sorts by these, the latest cut-off first
 
 
 @dataclass(frozen=True)
@@ -102,10 +107,11 @@ def fit_propensity_on_dask(
     **params,
 ) -> tuple[PurchasePropensity, pl.DataFrame]:
     """`fit_propensity` of a bucketed shop on Dask: the model, and the `kept` columns of its
-    training rows (with `purchased`), gathered for baselines that fit on a few columns."""
+    training rows (with `purchased`), in `labelled`'s order, gathered for baselines that fit
+    on a few columns."""
     import dask.array as da
     from dask import delayed
-    from lightgbm.dask import DaskLGBMClassifier
+    from lightgbm.dask import DaskLGBMRegressor
 
     buckets = [path.resolve() for path in bucket_dirs(directory)]
     if not buckets:
@@ -116,14 +122,19 @@ def fit_propensity_on_dask(
     cutoffs = training_cutoffs(as_of, horizon_days, TRAINING_CUTOFFS, CUTOFF_STRIDE_DAYS)
     whole = read_shop(directory, validate=False)
     zones = {cutoff: builders.shop_timezone(whole.until(cutoff)) for cutoff in cutoffs}
-    job = ExampleJob(cutoffs, horizon_days, zones, [*kept, "purchased"])
+    job = ExampleJob(
+        cutoffs, horizon_days, zones, list(dict.fromkeys([*kept, *ORDER, "purchased"]))
+    )
     model = PurchasePropensity(**params)
 
     with dask_client(scheduler) as client:
         shared = client.scatter(job, broadcast=True)
         parts = client.map(bucket_examples, buckets, job=shared, pure=False)
         counts = client.gather(client.map(Examples.counts, parts, pure=False))
-        names = client.submit(attrgetter("names"), parts[0]).result()
+        every_names = client.gather(client.map(attrgetter("names"), parts, pure=False))
+        names = every_names[0]
+        if any(other != names for other in every_names):
+            raise ModelFitError("the buckets' propensity examples differ in their features")
         total = {key: sum(c[key] for c in counts) for key in counts[0]}
         if total["bought"] in (0, total["all"]):
             raise ModelFitError("purchase propensity needs both buyers and non-buyers to learn")
@@ -140,10 +151,10 @@ def fit_propensity_on_dask(
                     bought.append(da.from_delayed(rows[1], (count[which],), np.float32))
             return da.concatenate(features), da.concatenate(bought)
 
-        def booster(which: str) -> DaskLGBMClassifier:
-            params = model.booster_params()
+        def booster(which: str) -> DaskLGBMRegressor:
+            params = model.booster_params()  # the binary objective among them
             del params["num_threads"]  # lightgbm.dask gives each worker its own thread count
-            learner = DaskLGBMClassifier(client=client, n_estimators=model.n_estimators, **params)
+            learner = DaskLGBMRegressor(client=client, n_estimators=model.n_estimators, **params)
             return learner.fit(*stacked(which))
 
         calibration = None
@@ -153,4 +164,5 @@ def fit_propensity_on_dask(
             calibration = platt_map(scores, bought.compute())
         fitted = booster("all").booster_
         kept_rows = pl.concat(client.gather(client.map(attrgetter("kept"), parts, pure=False)))
-    return model.adopt(fitted, names, calibration), kept_rows
+    order = kept_rows.sort(*ORDER, descending=[True, False])  # `labelled`'s order
+    return model.adopt(fitted, names, calibration), order.drop([c for c in ORDER if c not in kept])

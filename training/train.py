@@ -21,7 +21,7 @@ import polars as pl
 from sendwise.errors import SendwiseError
 from sendwise.features import builders
 from sendwise.features.engine import Engine
-from sendwise.features.shop import Shop
+from sendwise.features.shop import Shop, bucket_dirs
 from sendwise.models.base import ModelFitError
 from sendwise.store import registry
 
@@ -90,8 +90,6 @@ def propensity_fit(engine: Engine | str, scheduler: str | None = None) -> Propen
         return fit_propensity
 
     def on_dask(shop: Shop, as_of: datetime, horizon_days: int, **params):
-        if shop.directory is None:
-            raise SendwiseError("--engine dask trains on a bucketed shop directory")
         return fit_propensity_on_dask(
             shop.directory, as_of, horizon_days, scheduler, kept=tuple(RFM_FEATURES), **params
         )
@@ -155,11 +153,18 @@ def train(
     reason = unsupported(task, shop, as_of)
     if reason:
         raise CannotTrain(task, reason)
-    fit = propensity_fit(engine, scheduler)
-    try:
-        return _fit_and_register(
-            task, shop, as_of, horizon_days, params, extra_tags, challenger, fit
+    if Engine(engine) is Engine.dask and (
+        shop.directory is None or not bucket_dirs(shop.directory)
+    ):
+        raise SendwiseError(
+            "--engine dask trains on a bucketed shop; split it first with "
+            "`sendwise shop partition --shop DIR --buckets N --out DIR`"
         )
+    fit = propensity_fit(engine, scheduler)
+    fitted_on = str(Engine(engine)) if task == "propensity" else str(Engine.local)
+    tags = {**(extra_tags or {}), "engine": fitted_on}
+    try:
+        return _fit_and_register(task, shop, as_of, horizon_days, params, tags, challenger, fit)
     except ModelFitError as error:
         raise CannotTrain(task, str(error)) from error
 
