@@ -32,6 +32,7 @@ from sendwise.features.engine import Engine
 from sendwise.features.shop import (
     EXPERIMENTS,
     bucket_dirs,
+    bucketed_dirs,
     check_shop_name,
     read_shop,
     shop_name,
@@ -693,12 +694,10 @@ def score_command(
 
     cutoff, started = parse_as_of(as_of), time.perf_counter()
     settings = load_settings(config)
-    buckets = bucket_dirs(shop)
-    if engine is not Engine.local and not buckets:
-        raise SendwiseError(
-            f"--engine {engine}: {shop} is not a bucketed shop; split it first with "
-            "`sendwise shop partition --shop DIR --buckets N --out DIR`"
-        )
+    if engine is Engine.local:
+        buckets = bucket_dirs(shop)
+    else:
+        buckets = bucketed_dirs(shop, f"--engine {engine} scores")
     data = read_shop(shop, validate=not buckets)  # buckets were checked when partitioned
     with console.status(f"Loading shop {data.name}'s champions..."):
         champions = Champions.load(data.name)

@@ -14,12 +14,10 @@ from pathlib import Path
 import polars as pl
 import polars.selectors as cs
 
-from sendwise.errors import SendwiseError
-
 from . import expressions as fx
 from .clock import with_local_time
 from .engine import Engine, Progress, run_buckets
-from .shop import Shop, bucket_dirs, read_bucket, read_shop
+from .shop import Shop, bucketed_dirs, read_bucket, read_shop
 
 log = logging.getLogger(__name__)
 
@@ -305,12 +303,7 @@ def features_by_bucket(
 ) -> pl.DataFrame:
     """`customer_features` of a bucketed shop, bucket by bucket on `engine`: the same frame as
     the whole shop's, sorted by customer."""
-    buckets = bucket_dirs(directory)
-    if not buckets:
-        raise SendwiseError(
-            f"{directory}: not a bucketed shop; split it first with "
-            "`sendwise shop partition --shop DIR --buckets N --out DIR`"
-        )
+    buckets = bucketed_dirs(directory, "features are built bucket by bucket")
     context = feature_context(read_shop(directory, validate=False), as_of)
     frames = run_buckets(bucket_features, buckets, context, engine, scheduler, progress)
     return pl.concat(frames).sort("customer_id")

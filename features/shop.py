@@ -13,6 +13,7 @@ from pathlib import Path
 
 import polars as pl
 
+from sendwise.errors import SendwiseError
 from sendwise.store.files import PartWriter, atomic_path
 
 from .contract import (
@@ -101,6 +102,18 @@ def bucket_dirs(directory: str | Path) -> list[Path]:
         raise ContractError(
             f"{directory / BUCKETS}: no bucket {missing[0]} of {len(found)} "
             f"({len(missing)} missing); partition the shop again"
+        )
+    return found
+
+
+def bucketed_dirs(directory: str | Path, action: str) -> list[Path]:
+    """`bucket_dirs` of a shop that `action` (e.g. "--engine dask trains") needs bucketed: a
+    plain shop is one line saying how to split it."""
+    found = bucket_dirs(directory)
+    if not found:
+        raise SendwiseError(
+            f"{action} on a bucketed shop; {directory} is not a bucketed shop: split it first "
+            "with `sendwise shop partition --shop DIR --buckets N --out DIR`"
         )
     return found
 

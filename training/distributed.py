@@ -28,10 +28,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from sendwise.errors import SendwiseError
 from sendwise.features import builders
 from sendwise.features.engine import dask_client
-from sendwise.features.shop import bucket_dirs, read_bucket, read_shop
+from sendwise.features.shop import bucketed_dirs, read_bucket, read_shop
 from sendwise.models.base import ModelFitError, matrix
 from sendwise.models.propensity import PurchasePropensity, platt_map
 
@@ -113,12 +112,7 @@ def fit_propensity_on_dask(
     from dask import delayed
     from lightgbm.dask import DaskLGBMRegressor
 
-    buckets = [path.resolve() for path in bucket_dirs(directory)]
-    if not buckets:
-        raise SendwiseError(
-            f"{directory}: --engine dask trains on a bucketed shop; split it first with "
-            "`sendwise shop partition --shop DIR --buckets N --out DIR`"
-        )
+    buckets = [path.resolve() for path in bucketed_dirs(directory, "--engine dask trains")]
     cutoffs = training_cutoffs(as_of, horizon_days, TRAINING_CUTOFFS, CUTOFF_STRIDE_DAYS)
     whole = read_shop(directory, validate=False)
     zones = {cutoff: builders.shop_timezone(whole.until(cutoff)) for cutoff in cutoffs}

@@ -21,7 +21,7 @@ import polars as pl
 from sendwise.errors import SendwiseError
 from sendwise.features import builders
 from sendwise.features.engine import Engine
-from sendwise.features.shop import Shop, bucket_dirs
+from sendwise.features.shop import Shop, bucketed_dirs
 from sendwise.models.base import ModelFitError
 from sendwise.store import registry
 
@@ -153,13 +153,10 @@ def train(
     reason = unsupported(task, shop, as_of)
     if reason:
         raise CannotTrain(task, reason)
-    if Engine(engine) is Engine.dask and (
-        shop.directory is None or not bucket_dirs(shop.directory)
-    ):
-        raise SendwiseError(
-            "--engine dask trains on a bucketed shop; split it first with "
-            "`sendwise shop partition --shop DIR --buckets N --out DIR`"
-        )
+    if Engine(engine) is Engine.dask:  # every task, though only propensity fits there
+        if shop.directory is None:
+            raise SendwiseError("--engine dask trains on a bucketed shop's directory")
+        bucketed_dirs(shop.directory, "--engine dask trains")
     fit = propensity_fit(engine, scheduler)
     fitted_on = str(Engine(engine)) if task == "propensity" else str(Engine.local)
     tags = {**(extra_tags or {}), "engine": fitted_on}
