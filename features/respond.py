@@ -71,6 +71,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -713,7 +714,6 @@ def planted_comparisons(expected: pl.DataFrame) -> list[dict]:
     no stratum of two rows a side is left out, as the report leaves it out."""
     found = []
     for name, treated, control, rows, is_treated, weight, stratum in comparison_groups(expected):
-        # summed in row order with numpy: the same decisions give the same figures, bit for bit
         chosen = expected.filter(rows).select(
             pl.col(*METRICS.values()),
             pl.col(f"lift_{m}" for m in METRICS),
@@ -728,8 +728,7 @@ def planted_comparisons(expected: pl.DataFrame) -> list[dict]:
             w = part["_w"].to_numpy()
             columns = [*METRICS.values(), *(f"lift_{m}" for m in METRICS)]
             arms[side] = {"n": part.height} | {
-                c: float(np.dot(w, part[c].to_numpy()) / w.sum()) if part.height else 0.0
-                for c in columns
+                c: _weighted_mean(w, part[c].to_numpy()) if part.height else 0.0 for c in columns
             }
         if stratified is None:
             continue
@@ -752,6 +751,13 @@ def planted_comparisons(expected: pl.DataFrame) -> list[dict]:
                 }
             )
     return found
+
+
+def _weighted_mean(weights: np.ndarray, values: np.ndarray) -> float:
+    """Exactly rounded sums (`math.fsum`): the same decisions give the same figures, bit for
+    bit, whatever the rows' order or the arrays' alignment (a BLAS dot product varies with
+    both in the last bit)."""
+    return math.fsum(weights * values) / math.fsum(weights)
 
 
 def _stratum() -> pl.Expr:
@@ -784,11 +790,10 @@ def _stratified(chosen: pl.DataFrame) -> dict[str, float] | None:
         total += part.height
         for column in found:
             tw, cw = treated["_w"].to_numpy(), control["_w"].to_numpy()
-            difference = (
-                np.dot(tw, treated[column].to_numpy()) / tw.sum()
-                - np.dot(cw, control[column].to_numpy()) / cw.sum()
+            difference = _weighted_mean(tw, treated[column].to_numpy()) - _weighted_mean(
+                cw, control[column].to_numpy()
             )
-            found[column] += part.height * float(difference)
+            found[column] += part.height * difference
     return {c: v / total for c, v in found.items()} if total else None
 
 
