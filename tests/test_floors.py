@@ -37,7 +37,7 @@ def imported_rooms(path: Path, room: str) -> set[tuple[str, int]]:
 def modules() -> list[tuple[str, Path]]:
     return [
         (room, path)
-        for room, folder in ROOMS.items()
+        for room, folder in sorted(ROOMS.items())  # the same order in every test process
         for path in sorted((ROOT / folder).glob("*.py"))
     ]
 
