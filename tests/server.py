@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
 from collections.abc import Iterator
@@ -26,6 +27,14 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def enable_sendwise_loggers() -> None:
+    """`bentoml.serve` configures this process's logging with `disable_existing_loggers`,
+    silencing every sendwise logger made before it: later tests here must still hear them."""
+    for name, logger in logging.root.manager.loggerDict.items():
+        if name.startswith("sendwise") and isinstance(logger, logging.Logger):
+            logger.disabled = False
+
+
 @contextmanager
 def serving(env: dict[str, str], **extra: str) -> Iterator[tuple[str, object]]:
     """A real server in child processes; yields (base URL, server) once `/readyz` answers."""
@@ -36,6 +45,7 @@ def serving(env: dict[str, str], **extra: str) -> Iterator[tuple[str, object]]:
         for name, value in {**env, **extra}.items():
             patch.setenv(name, value)
         server = bentoml.serve("sendwise.serving.service:Sendwise", host="127.0.0.1", port=port)
+    enable_sendwise_loggers()
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180

@@ -187,7 +187,7 @@ def many_products(tmp_path_factory):
 
 
 def test_serving_starts_on_the_last_good_champion_and_counts_failed_reloads(
-    simulated, simulated_shop, mlflow_home, tmp_path, caplog, monkeypatch
+    simulated, simulated_shop, mlflow_home, tmp_path, caplog
 ):
     for task in ("propensity", "sendtime"):
         register_champion(task, simulated_shop, AS_OF)
@@ -215,9 +215,6 @@ def test_serving_starts_on_the_last_good_champion_and_counts_failed_reloads(
         Champions.load("shop", {"propensity": "1", "sendtime": "3"})
     registry.set_champion("shop", "sendtime", "3", "choose")
     caplog.clear()
-    # a BentoML server started in this process earlier (another test) configures logging
-    # with disable_existing_loggers: this logger must speak here whatever ran before
-    monkeypatch.setattr(logging.getLogger("sendwise.serving.runtime"), "disabled", False)
     with caplog.at_level(logging.WARNING, logger="sendwise.serving.runtime"):
         assert not runtime.reload_if_promoted()
         assert not runtime.reload_if_promoted()  # the same broken champion is not retried

@@ -66,16 +66,17 @@ class Examples:
         pick = {"all": slice(None), "earlier": ~self.latest, "latest": self.latest}[which]
         return self.features[pick], self.bought[pick]
 
-    def counts(self) -> dict[str, int]:
-        latest_bought = int(self.bought[self.latest].sum())
+    def summary(self) -> tuple[dict[str, int], list[str]]:
+        """Row counts by kind, and the feature names: what the client plans the fit from."""
         latest = int(self.latest.sum())
-        return {
+        counts = {
             "all": len(self.bought),
             "earlier": len(self.bought) - latest,
             "latest": latest,
             "bought": int(self.bought.sum()),
-            "latest_bought": latest_bought,
+            "latest_bought": int(self.bought[self.latest].sum()),
         }
+        return counts, self.names
 
 
 def bucket_examples(bucket: Path, job: ExampleJob) -> Examples:
@@ -124,8 +125,9 @@ def fit_propensity_on_dask(
     with dask_client(scheduler) as client:
         shared = client.scatter(job, broadcast=True)
         parts = client.map(bucket_examples, buckets, job=shared, pure=False)
-        counts = client.gather(client.map(Examples.counts, parts, pure=False))
-        every_names = client.gather(client.map(attrgetter("names"), parts, pure=False))
+        counts, every_names = zip(
+            *client.gather(client.map(Examples.summary, parts, pure=False)), strict=True
+        )
         names = every_names[0]
         if any(other != names for other in every_names):
             raise ModelFitError("the buckets' propensity examples differ in their features")
