@@ -6,11 +6,12 @@ from __future__ import annotations
 import lightgbm as lgb
 import numpy as np
 import pytest
+import scipy.sparse as sp
 from champions import fitted  # tests/champions.py: one fit a session for the same inputs
 
 from sendwise.features import builders
 from sendwise.features.clock import parse_as_of
-from sendwise.models import base, products
+from sendwise.models import _kernels, base, products
 from sendwise.models.base import matrix, tree_predictor
 
 AS_OF = parse_as_of("2026-05-31")
@@ -48,7 +49,7 @@ def test_ranking_with_compiled_trees_matches_lightgbm(simulated_shop, monkeypatc
 
 
 def test_top_mask_marks_each_rows_k_largest():
-    scores = RNG.random((50, 40))
+    scores = RNG.random((50, 40)).astype(np.float32)
     mask = products._top_mask(scores.copy(), 7)
     expected = scores >= np.sort(scores, axis=1)[:, [-7]]
     assert np.array_equal(mask, expected) and (mask.sum(axis=1) == 7).all()
@@ -66,8 +67,24 @@ def test_top_mask_of_wide_rows_samples_and_still_finds_each_rows_k_largest():
     assert mask[9].sum() == 100 and (np.delete(mask.sum(axis=1), 9) == 40).all()
 
 
+def test_top_masks_never_mark_nan_and_search_every_block_that_can_hold_the_top():
+    scores = RNG.standard_normal((3, 1_000)).astype(np.float32)
+    scores[0, ::2] = np.nan  # half the row, in every block
+    scores[1, 500:] = np.nan  # whole blocks
+    scores[2, 17] = 9.0  # the largest, in a block with a NaN beside it
+    scores[2, 18] = np.nan
+    mask = products._top_mask(scores, 40)
+    finite = np.where(np.isnan(scores), -np.inf, scores)
+    assert np.array_equal(mask, finite >= np.sort(finite, axis=1)[:, [-40]])
+    assert mask[2, 17] and not mask[np.isnan(scores)].any()
+    above = np.where(scores > 0, scores, -np.inf)
+    expected = (scores > 0) & (above >= np.sort(above, axis=1)[:, [-40]])
+    assert np.array_equal(products._top_positive(scores, 40), expected)
+
+
 def test_top_positive_keeps_each_rows_k_largest_positive_entries():
     dense = np.where(RNG.random((300, 2_000)) < 0.2, RNG.random((300, 2_000)) - 0.1, 0.0)
+    dense = dense.astype(np.float32)
     dense[3, :30] = RNG.random(30) + 0.01  # a row with few values
     dense[5] = 0.0  # an empty row
     dense[8] = np.where(dense[8] > 0, -dense[8], 0.0)  # nothing positive
@@ -79,6 +96,29 @@ def test_top_positive_keeps_each_rows_k_largest_positive_entries():
     assert got[3].sum() == 5 and not got[5].any() and not got[8].any()
     ties = np.array([[0.5] * 8 + [0.9] + [0.0] * 100])
     assert np.flatnonzero(products._top_positive(ties, 3)[0]).tolist() == [0, 1, 8]  # exactly k
+
+
+def test_dense_product_rows_are_scipys_sums():
+    query = sp.random(500, 300, density=0.03, format="csr", dtype=np.float64, rng=RNG)
+    similar = sp.random(300, 300, density=0.1, format="csr", dtype=np.float32, rng=RNG)
+    arrays = products._csr_arrays(similar)
+    for start, stop in [(0, 500), (120, 377), (499, 500), (7, 7)]:
+        got = products._dense_product(query, start, stop, arrays, 300)
+        expected = (query[start:stop] @ similar).toarray().astype(np.float32)
+        assert got.dtype == np.float32 and np.array_equal(got, expected)
+    assert products._dense_product(query, 0, 500, arrays, 300).any()
+
+
+def test_kernels_refuse_arrays_smaller_than_they_are_told():
+    scores = np.zeros((4, 10), np.float32)
+    with pytest.raises(ValueError, match="mark holds 20 bytes, not 40"):
+        _kernels.mark_top(scores, 4, 10, 3, False, False, np.zeros(20, np.uint8))
+    query = sp.csr_matrix(np.eye(3))
+    arrays = products._csr_arrays(sp.csr_matrix(np.eye(3, dtype=np.float32)))
+    with pytest.raises(ValueError, match="out holds"):
+        _kernels.sparse_product_rows(
+            *products._csr_arrays(query)[:2], query.data, *arrays, 3, 3, np.zeros(4, np.float32)
+        )
 
 
 def test_ranks_and_tops_within_groups_match_a_sort():

@@ -1,0 +1,254 @@
+/* Candidate generation's inner loops, one customer's row at a time (see models/products.py).
+ *
+ * numpy does each of these as several passes over a chunk's dense customers x products
+ * arrays (a sort of a sample of every row, masks, a sparse product, then a scatter); here
+ * each row is read once or twice while it sits in cache. On a 6,000-product shop a chunk's
+ * candidates took 35 ms instead of 62 (experiments/results/score.md). Plain C over the
+ * buffer protocol, so there are no numpy headers to build against; each function lets go
+ * of the GIL, so chunks run side by side on every core. The Python callers hand over
+ * C-ordered arrays of the dtypes each function names.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* The k-th largest of a[0..n) (1 <= k <= n), reordering a: Wirth's selection. */
+static float kth_largest(float *a, Py_ssize_t n, Py_ssize_t k)
+{
+    Py_ssize_t lo = 0, hi = n - 1, target = k - 1;
+    while (lo < hi) {
+        float pivot = a[target];
+        Py_ssize_t i = lo, j = hi;
+        do {
+            while (a[i] > pivot)
+                i++;
+            while (pivot > a[j])
+                j--;
+            if (i <= j) {
+                float swap = a[i];
+                a[i] = a[j];
+                a[j] = swap;
+                i++;
+                j--;
+            }
+        } while (i <= j);
+        if (j < target)
+            lo = i;
+        if (target < i)
+            hi = j;
+    }
+    return a[target];
+}
+
+/* The larger of a and b, a NaN only where both are. */
+static inline float larger(float a, float b) { return (a > b || b != b) ? a : b; }
+
+#define BLOCK 16 /* columns a block maximum covers */
+#define LANES 8  /* independent maxima, so the compiler can keep them in one vector */
+
+/* Buffers for `mark_row`, sized once per call for rows of `width`. */
+typedef struct {
+    float *maxima;     /* per block */
+    float *values;     /* candidates' values, reordered by the selection */
+    Py_ssize_t *columns; /* candidates' columns, in order */
+} Scratch;
+
+/* Mark, in `mark` (never cleared), where `row` holds one of its k largest values; with
+ * `positive`, of its k largest positive values (all of them where it has fewer). `exact`:
+ * exactly k, ties at the k-th value going to the first columns; else every tie is kept.
+ *
+ * The k-th largest of the row's block maxima is at most the row's k-th largest (k maxima
+ * are k of its values), so only blocks whose maximum reaches it can hold the row's k
+ * largest: typically a few dozen blocks of hundreds are searched. */
+static void mark_row(const float *row, Py_ssize_t width, Py_ssize_t k, int positive, int exact,
+                     Scratch *scratch, unsigned char *mark)
+{
+    float floor = positive ? 0.0f : -INFINITY; /* a block maximum above it counts */
+    Py_ssize_t blocks = (width + BLOCK - 1) / BLOCK, full = width / BLOCK, eligible = 0;
+    for (Py_ssize_t b = 0; b < full; b++) {
+        const float *block = row + b * BLOCK;
+        float lane[LANES];
+        for (int l = 0; l < LANES; l++)
+            lane[l] = larger(block[l], block[l + LANES]);
+        float m = lane[0];
+        for (int l = 1; l < LANES; l++)
+            m = larger(lane[l], m);
+        scratch->maxima[b] = m;
+    }
+    if (full < blocks) {
+        float m = -INFINITY;
+        for (Py_ssize_t j = full * BLOCK; j < width; j++)
+            m = larger(row[j], m);
+        scratch->maxima[full] = m;
+    }
+    for (Py_ssize_t b = 0; b < blocks; b++) /* a block all NaN has a NaN maximum: never */
+        eligible += scratch->maxima[b] > floor;
+    float threshold = -INFINITY; /* values at or above it are candidates */
+    if (eligible >= k) {
+        Py_ssize_t m = 0;
+        for (Py_ssize_t b = 0; b < blocks; b++)
+            if (scratch->maxima[b] > floor)
+                scratch->values[m++] = scratch->maxima[b];
+        if (m >= k)
+            threshold = kth_largest(scratch->values, m, k);
+    }
+    Py_ssize_t n = 0;
+    for (Py_ssize_t b = 0; b < blocks; b++) {
+        float top = scratch->maxima[b];
+        if (!(top >= threshold))
+            continue;
+        Py_ssize_t stop = b * BLOCK + BLOCK < width ? b * BLOCK + BLOCK : width;
+        for (Py_ssize_t j = b * BLOCK; j < stop; j++) {
+            float v = row[j];
+            scratch->columns[n] = j;
+            n += (v >= threshold) & (positive ? v > 0.0f : v == v);
+        }
+    }
+    if (n == 0)
+        return;
+    if (n <= k) {
+        for (Py_ssize_t c = 0; c < n; c++)
+            mark[scratch->columns[c]] = 1;
+        return;
+    }
+    for (Py_ssize_t c = 0; c < n; c++)
+        scratch->values[c] = row[scratch->columns[c]];
+    float kth = kth_largest(scratch->values, n, k);
+    Py_ssize_t room = k;
+    if (exact)
+        for (Py_ssize_t c = 0; c < n; c++)
+            room -= row[scratch->columns[c]] > kth;
+    for (Py_ssize_t c = 0; c < n; c++) { /* columns in order: the first ties are kept */
+        float v = row[scratch->columns[c]];
+        if (v > kth || (v == kth && (!exact || room-- > 0)))
+            mark[scratch->columns[c]] = 1;
+    }
+}
+
+/* Whether each buffer holds at least its number of bytes; else a ValueError naming it. */
+static int sized(Py_buffer *buffers, const Py_ssize_t *bytes, const char *const *names, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (bytes[i] < 0 || buffers[i].len < bytes[i]) {
+            PyErr_Format(PyExc_ValueError, "%s holds %zd bytes, not %zd", names[i],
+                         buffers[i].len, bytes[i]);
+            return 0;
+        }
+    return 1;
+}
+
+static void release(Py_buffer *buffers, int n)
+{
+    for (int i = 0; i < n; i++)
+        PyBuffer_Release(&buffers[i]);
+}
+
+/* mark_top(scores, rows, width, k, positive, exact, mark): `mark_row` over each row of the
+ * float32 `scores` into the uint8 `mark`, both `rows` x `width`, C order. */
+static PyObject *mark_top(PyObject *self, PyObject *args)
+{
+    Py_buffer b[2]; /* scores, mark */
+    Py_ssize_t rows, width, k;
+    int positive, exact;
+    if (!PyArg_ParseTuple(args, "y*nnnppw*", &b[0], &rows, &width, &k, &positive, &exact, &b[1]))
+        return NULL;
+    const Py_ssize_t bytes[2] = {rows * width * (Py_ssize_t)sizeof(float), rows * width};
+    const char *const names[2] = {"scores", "mark"};
+    Scratch scratch = {malloc(sizeof(float) * (width / BLOCK + 1)),
+                       malloc(sizeof(float) * (width + 1)),
+                       malloc(sizeof(Py_ssize_t) * (width + 1))};
+    PyObject *result = NULL;
+    if (scratch.maxima == NULL || scratch.values == NULL || scratch.columns == NULL) {
+        PyErr_NoMemory();
+    } else if (sized(b, bytes, names, 2)) {
+        const float *values = b[0].buf;
+        unsigned char *marks = b[1].buf;
+        Py_BEGIN_ALLOW_THREADS;
+        for (Py_ssize_t i = 0; k > 0 && i < rows; i++)
+            mark_row(values + i * width, width, k, positive, exact, &scratch, marks + i * width);
+        Py_END_ALLOW_THREADS;
+        result = Py_NewRef(Py_None);
+    }
+    free(scratch.maxima);
+    free(scratch.values);
+    free(scratch.columns);
+    release(b, 2);
+    return result;
+}
+
+/* sparse_product_rows(q_indptr, q_indices, q_data, s_indptr, s_indices, s_data, rows, width,
+ * out): query @ similar, both CSR (int64 indptr and indices; float64 query values, float32
+ * similar ones), `rows` query rows, into the zeroed float32 `out` (`rows` x `width`, C
+ * order): summed in double, each product's terms in the query row's order, as scipy's
+ * sparse product sums them. */
+static PyObject *sparse_product_rows(PyObject *self, PyObject *args)
+{
+    Py_buffer b[7]; /* q_indptr, q_indices, q_data, s_indptr, s_indices, s_data, out */
+    Py_ssize_t rows, width;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*nnw*", &b[0], &b[1], &b[2], &b[3], &b[4], &b[5],
+                          &rows, &width, &b[6]))
+        return NULL;
+    const long long *qp = b[0].buf, *qi = b[1].buf, *sp = b[3].buf, *si = b[4].buf;
+    Py_ssize_t entries = b[0].len >= (rows + 1) * 8 ? (Py_ssize_t)qp[rows] : -1;
+    const Py_ssize_t bytes[7] = {(rows + 1) * 8, entries * 8, entries * 8, 8, b[5].len / 4 * 8,
+                                 b[4].len / 8 * 4, rows * width * (Py_ssize_t)sizeof(float)};
+    const char *const names[7] = {"q_indptr", "q_indices", "q_data", "s_indptr",
+                                  "s_indices", "s_data", "out"};
+    double *sums = calloc(width > 0 ? width : 1, sizeof(double));
+    char *seen = calloc(width > 0 ? width : 1, 1);
+    long long *touched = malloc(sizeof(long long) * (width > 0 ? width : 1));
+    PyObject *result = NULL;
+    if (sums == NULL || seen == NULL || touched == NULL) {
+        PyErr_NoMemory();
+    } else if (sized(b, bytes, names, 7)) {
+        const double *qd = b[2].buf;
+        const float *sd = b[5].buf;
+        float *dense = b[6].buf;
+        Py_BEGIN_ALLOW_THREADS;
+        for (Py_ssize_t r = 0; r < rows; r++) {
+            Py_ssize_t n_touched = 0;
+            for (long long a = qp[r]; a < qp[r + 1]; a++) {
+                long long source = qi[a];
+                double weight = qd[a];
+                for (long long e = sp[source]; e < sp[source + 1]; e++) {
+                    long long to = si[e];
+                    if (!seen[to]) {
+                        seen[to] = 1;
+                        touched[n_touched++] = to;
+                    }
+                    sums[to] += weight * (double)sd[e];
+                }
+            }
+            float *row = dense + r * width;
+            for (Py_ssize_t t = 0; t < n_touched; t++) {
+                long long to = touched[t];
+                row[to] = (float)sums[to];
+                sums[to] = 0.0;
+                seen[to] = 0;
+            }
+        }
+        Py_END_ALLOW_THREADS;
+        result = Py_NewRef(Py_None);
+    }
+    free(sums);
+    free(seen);
+    free(touched);
+    release(b, 7);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"mark_top", mark_top, METH_VARARGS,
+     "mark_top(scores, rows, width, k, positive, exact, mark): mark each row's k largest."},
+    {"sparse_product_rows", sparse_product_rows, METH_VARARGS,
+     "sparse_product_rows(q_indptr, q_indices, q_data, s_indptr, s_indices, s_data, rows, "
+     "width, out): a CSR product, dense."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit__kernels(void) { return PyModule_Create(&module); }
