@@ -14,11 +14,17 @@ import pytest
 
 
 def server_workers() -> list[psutil.Process]:
-    return [
-        p
-        for p in psutil.Process().children(recursive=True)
-        if "_bentoml_impl.worker" in " ".join(p.cmdline())
-    ]
+    """The BentoML workers under this process (one killed and not yet reaped is none)."""
+    workers = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE and "_bentoml_impl.worker" in " ".join(
+                p.cmdline()
+            ):
+                workers.append(p)
+        except psutil.Error:  # gone meanwhile
+            continue
+    return workers
 
 
 def free_port() -> int:
