@@ -128,11 +128,22 @@ static void mark_row(const float *row, Py_ssize_t width, Py_ssize_t k, int posit
     }
 }
 
+/* a * b, or -1 where either is negative or the product overflows. */
+static Py_ssize_t times(Py_ssize_t a, Py_ssize_t b)
+{
+    if (a < 0 || b < 0 || (b > 0 && a > PY_SSIZE_T_MAX / b))
+        return -1;
+    return a * b;
+}
+
 /* Whether each buffer holds at least its number of bytes; else a ValueError naming it. */
 static int sized(Py_buffer *buffers, const Py_ssize_t *bytes, const char *const *names, int n)
 {
     for (int i = 0; i < n; i++)
-        if (bytes[i] < 0 || buffers[i].len < bytes[i]) {
+        if (bytes[i] < 0) {
+            PyErr_Format(PyExc_ValueError, "%s: negative or overflowing size", names[i]);
+            return 0;
+        } else if (buffers[i].len < bytes[i]) {
             PyErr_Format(PyExc_ValueError, "%s holds %zd bytes, not %zd", names[i],
                          buffers[i].len, bytes[i]);
             return 0;
@@ -155,15 +166,20 @@ static PyObject *mark_top(PyObject *self, PyObject *args)
     int positive, exact;
     if (!PyArg_ParseTuple(args, "y*nnnppw*", &b[0], &rows, &width, &k, &positive, &exact, &b[1]))
         return NULL;
-    const Py_ssize_t bytes[2] = {rows * width * (Py_ssize_t)sizeof(float), rows * width};
+    const Py_ssize_t bytes[2] = {times(times(rows, width), sizeof(float)), times(rows, width)};
     const char *const names[2] = {"scores", "mark"};
-    Scratch scratch = {malloc(sizeof(float) * (width / BLOCK + 1)),
-                       malloc(sizeof(float) * (width + 1)),
-                       malloc(sizeof(Py_ssize_t) * (width + 1))};
+    Py_ssize_t room = width > 0 ? width : 0;
+    Scratch scratch = {malloc(sizeof(float) * (room / BLOCK + 1)),
+                       malloc(sizeof(float) * (room + 1)),
+                       malloc(sizeof(Py_ssize_t) * (room + 1))};
     PyObject *result = NULL;
-    if (scratch.maxima == NULL || scratch.values == NULL || scratch.columns == NULL) {
+    if (k < 0) {
+        PyErr_SetString(PyExc_ValueError, "k must not be negative");
+    } else if (!sized(b, bytes, names, 2)) {
+        /* the error is set */
+    } else if (scratch.maxima == NULL || scratch.values == NULL || scratch.columns == NULL) {
         PyErr_NoMemory();
-    } else if (sized(b, bytes, names, 2)) {
+    } else {
         const float *values = b[0].buf;
         unsigned char *marks = b[1].buf;
         Py_BEGIN_ALLOW_THREADS;
@@ -179,6 +195,30 @@ static PyObject *mark_top(PyObject *self, PyObject *args)
     return result;
 }
 
+/* Whether a CSR matrix of `rows` rows holds together: its row pointers rise from 0 to at most
+ * `entries`, and each of its column indices is in [0, columns); else a ValueError. Checked
+ * on every call, before any is followed: a wrong matrix must not write past `out`. */
+static int csr_fits(const long long *indptr, Py_ssize_t rows, const long long *indices,
+                    Py_ssize_t entries, Py_ssize_t columns, const char *name)
+{
+    if (rows < 0 || indptr[0] != 0) {
+        PyErr_Format(PyExc_ValueError, "%s: not a CSR matrix", name);
+        return 0;
+    }
+    for (Py_ssize_t r = 0; r < rows; r++)
+        if (indptr[r + 1] < indptr[r] || indptr[r + 1] > entries) {
+            PyErr_Format(PyExc_ValueError, "%s: row %zd's pointers are out of order", name, r);
+            return 0;
+        }
+    for (long long e = 0; e < indptr[rows]; e++)
+        if (indices[e] < 0 || indices[e] >= columns) {
+            PyErr_Format(PyExc_ValueError, "%s: column %lld is not in [0, %zd)", name,
+                         indices[e], columns);
+            return 0;
+        }
+    return 1;
+}
+
 /* sparse_product_rows(q_indptr, q_indices, q_data, s_indptr, s_indices, s_data, rows, width,
  * out): query @ similar, both CSR (int64 indptr and indices; float64 query values, float32
  * similar ones), `rows` query rows, into the zeroed float32 `out` (`rows` x `width`, C
@@ -192,18 +232,26 @@ static PyObject *sparse_product_rows(PyObject *self, PyObject *args)
                           &rows, &width, &b[6]))
         return NULL;
     const long long *qp = b[0].buf, *qi = b[1].buf, *sp = b[3].buf, *si = b[4].buf;
-    Py_ssize_t entries = b[0].len >= (rows + 1) * 8 ? (Py_ssize_t)qp[rows] : -1;
-    const Py_ssize_t bytes[7] = {(rows + 1) * 8, entries * 8, entries * 8, 8, b[5].len / 4 * 8,
-                                 b[4].len / 8 * 4, rows * width * (Py_ssize_t)sizeof(float)};
+    Py_ssize_t entries = rows >= 0 && b[0].len >= times(rows + 1, 8) ? (Py_ssize_t)qp[rows] : -1;
+    Py_ssize_t s_rows = b[3].len / 8 - 1, s_entries = b[4].len / 8;
+    const Py_ssize_t bytes[7] = {times(rows + 1, 8), times(entries, 8), times(entries, 8), 8,
+                                 8 * s_entries, 4 * s_entries,
+                                 times(times(rows, width), sizeof(float))};
     const char *const names[7] = {"q_indptr", "q_indices", "q_data", "s_indptr",
                                   "s_indices", "s_data", "out"};
-    double *sums = calloc(width > 0 ? width : 1, sizeof(double));
-    char *seen = calloc(width > 0 ? width : 1, 1);
-    long long *touched = malloc(sizeof(long long) * (width > 0 ? width : 1));
+    Py_ssize_t space = width > 0 ? width : 1;
+    double *sums = calloc(space, sizeof(double));
+    char *seen = calloc(space, 1);
+    long long *touched = malloc(sizeof(long long) * space);
     PyObject *result = NULL;
-    if (sums == NULL || seen == NULL || touched == NULL) {
+    if (!sized(b, bytes, names, 7)) {
+        /* the error is set */
+    } else if (!csr_fits(qp, rows, qi, entries, s_rows, "query") ||
+               !csr_fits(sp, s_rows, si, s_entries, width, "similar")) {
+        /* the error is set */
+    } else if (sums == NULL || seen == NULL || touched == NULL) {
         PyErr_NoMemory();
-    } else if (sized(b, bytes, names, 7)) {
+    } else {
         const double *qd = b[2].buf;
         const float *sd = b[5].buf;
         float *dense = b[6].buf;

@@ -109,15 +109,31 @@ def test_dense_product_rows_are_scipys_sums():
     assert products._dense_product(query, 0, 500, arrays, 300).any()
 
 
-def test_kernels_refuse_arrays_smaller_than_they_are_told():
+def test_kernels_refuse_arrays_that_do_not_fit_what_they_are_told():
     scores = np.zeros((4, 10), np.float32)
     with pytest.raises(ValueError, match="mark holds 20 bytes, not 40"):
         _kernels.mark_top(scores, 4, 10, 3, False, False, np.zeros(20, np.uint8))
-    query = sp.csr_matrix(np.eye(3))
-    arrays = products._csr_arrays(sp.csr_matrix(np.eye(3, dtype=np.float32)))
+    with pytest.raises(ValueError, match="overflowing"):
+        _kernels.mark_top(scores, 2**62, 4, 1, False, False, np.zeros(4, np.uint8))
+    query = sp.csr_matrix(np.ones((1, 2)))
+    indptr, indices, _ = products._csr_arrays(query)
+
+    def product(similar: sp.csr_matrix, out: np.ndarray, width: int = 2) -> None:
+        arrays = products._csr_arrays(similar)
+        _kernels.sparse_product_rows(indptr, indices, query.data, *arrays, 1, width, out)
+
     with pytest.raises(ValueError, match="out holds"):
+        product(sp.csr_matrix(np.eye(2, dtype=np.float32)), np.zeros(1, np.float32))
+    wide = sp.csr_matrix(([1.0], ([1], [9])), shape=(2, 10), dtype=np.float32)
+    out = np.zeros(16, np.float32)
+    with pytest.raises(ValueError, match="similar: column 9 is not in"):
+        product(wide, out[:2])  # its columns would land past `out`
+    assert not out.any()
+    with pytest.raises(ValueError, match="query: column 1 is not in"):
+        product(sp.csr_matrix(np.ones((1, 1), np.float32)), out[:2])  # too few rows
+    with pytest.raises(ValueError, match="overflowing"):
         _kernels.sparse_product_rows(
-            *products._csr_arrays(query)[:2], query.data, *arrays, 3, 3, np.zeros(4, np.float32)
+            indptr, indices, query.data, *products._csr_arrays(wide), -1, 2, out
         )
 
 
