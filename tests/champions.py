@@ -54,11 +54,18 @@ def fitted(task: str, shop: Shop, as_of: datetime, **params):
 
 def register_champion(task: str, shop: Shop, as_of: datetime, **params) -> str:
     """Fit one model at `as_of` (horizon 30 days) and make it champion; its version."""
+    version = register(task, shop, as_of, **params)
+    registry.set_champion(shop.name, task, version, "promote")
+    return version
+
+
+def register(task: str, shop: Shop, as_of: datetime, **params) -> str:
+    """Fit one model at `as_of` (horizon 30 days) and register it, not as champion; its
+    version."""
     model = fitted(task, shop, as_of, **params)
     with tempfile.TemporaryDirectory() as tmp:
         model.save(Path(tmp) / "model")
         found = registry.log_and_register(
             shop.name, task, Path(tmp) / "model", model.get_params(), {}, {"task": task}, {}
         )
-    registry.set_champion(shop.name, task, found.version, "promote")
     return str(found.version)

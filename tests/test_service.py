@@ -162,10 +162,12 @@ def test_a_champion_that_does_not_load_leaves_a_running_server_degraded_not_down
         for name, value in champions.items():
             patch.setenv(name, value)
         good = registry.alias_version(simulated_shop.name, "sendtime", "champion").version
-        broken = register_champion("sendtime", simulated_shop, prior_strength=7.0)
+        broken = champions_module.register("sendtime", simulated_shop, AS_OF, prior_strength=7.0)
         source = registry.model_version(simulated_shop.name, "sendtime", broken).source
         for f in Path(source.removeprefix("file://")).iterdir():
             f.write_text("damaged")
+        # champion only once damaged: a server polling meanwhile must not load it whole
+        registry.set_champion(simulated_shop.name, "sendtime", broken, "promote")
         try:
             deadline = time.monotonic() + 120
             while (body := httpx.get(f"{url}/readyz").json())["status"] != "degraded":
