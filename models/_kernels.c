@@ -197,8 +197,8 @@ static PyObject *mark_top(PyObject *self, PyObject *args)
 /* Whether a CSR matrix of `rows` rows holds together: its row pointers rise from 0 to at most
  * `entries`, and each of its column indices is in [0, columns); else a ValueError. Checked
  * on every call, before any is followed: a wrong matrix must not write past `out`. */
-static int csr_fits(const long long *indptr, Py_ssize_t rows, const long long *indices,
-                    Py_ssize_t entries, Py_ssize_t columns, const char *name)
+static int pointers_fit(const long long *indptr, Py_ssize_t rows, Py_ssize_t entries,
+                        const char *name)
 {
     if (rows < 0 || indptr[0] != 0) {
         PyErr_Format(PyExc_ValueError, "%s: not a CSR matrix", name);
@@ -209,6 +209,14 @@ static int csr_fits(const long long *indptr, Py_ssize_t rows, const long long *i
             PyErr_Format(PyExc_ValueError, "%s: row %zd's pointers are out of order", name, r);
             return 0;
         }
+    return 1;
+}
+
+static int csr_fits(const long long *indptr, Py_ssize_t rows, const long long *indices,
+                    Py_ssize_t entries, Py_ssize_t columns, const char *name)
+{
+    if (!pointers_fit(indptr, rows, entries, name))
+        return 0;
     for (long long e = 0; e < indptr[rows]; e++)
         if (indices[e] < 0 || indices[e] >= columns) {
             PyErr_Format(PyExc_ValueError, "%s: column %lld is not in [0, %zd)", name,
@@ -287,12 +295,90 @@ static PyObject *sparse_product_rows(PyObject *self, PyObject *args)
     return result;
 }
 
+/* Whether key a sorts before key b: ascending, NaN last. */
+static inline int before(double a, double b) { return a < b || (a == a && b != b); }
+
+/* Sort the n indices `order` by their `key`, stably, with `scratch` of n/2 + 1 indices: a
+ * merge sort, by insertion below 16 (a customer's candidates are a few dozen). */
+static void sort_indices(long long *order, Py_ssize_t n, const double *key, long long *scratch)
+{
+    if (n <= 16) {
+        for (Py_ssize_t i = 1; i < n; i++) {
+            long long v = order[i];
+            Py_ssize_t j = i;
+            for (; j > 0 && before(key[v], key[order[j - 1]]); j--)
+                order[j] = order[j - 1];
+            order[j] = v;
+        }
+        return;
+    }
+    Py_ssize_t half = n / 2;
+    sort_indices(order, half, key, scratch);
+    sort_indices(order + half, n - half, key, scratch);
+    if (!before(key[order[half]], key[order[half - 1]]))
+        return; /* already in order */
+    for (Py_ssize_t i = 0; i < half; i++)
+        scratch[i] = order[i];
+    Py_ssize_t i = 0, j = half, out = 0; /* out <= j: the right half is read before written */
+    while (i < half && j < n)
+        order[out++] = before(key[order[j]], key[scratch[i]]) ? order[j++] : scratch[i++];
+    while (i < half)
+        order[out++] = scratch[i++];
+}
+
+/* sort_within(indptr, keys, groups, order): for each of `groups` runs of the float64 `keys`
+ * (run g is [indptr[g], indptr[g + 1]), int64 pointers), its positions ascending by key,
+ * stably, NaN last, into the int64 `order` (as long as `keys`). A lexsort of every pair, or
+ * an argsort of padded rows, sorted the whole chunk where only each customer's few dozen
+ * candidates need it. */
+static PyObject *sort_within(PyObject *self, PyObject *args)
+{
+    Py_buffer b[3]; /* indptr, keys, order */
+    Py_ssize_t groups;
+    if (!PyArg_ParseTuple(args, "y*y*nw*", &b[0], &b[1], &groups, &b[2]))
+        return NULL;
+    Py_ssize_t entries = b[1].len / sizeof(double);
+    const Py_ssize_t bytes[3] = {times(groups + 1, 8), 0, times(entries, 8)};
+    const char *const names[3] = {"indptr", "keys", "order"};
+    const long long *indptr = b[0].buf;
+    long long *scratch = NULL;
+    PyObject *result = NULL;
+    if (!sized(b, bytes, names, 3) || !pointers_fit(indptr, groups, entries, "indptr")) {
+        /* the error is set */
+    } else {
+        long long widest = 0;
+        for (Py_ssize_t g = 0; g < groups; g++)
+            if (indptr[g + 1] - indptr[g] > widest)
+                widest = indptr[g + 1] - indptr[g];
+        scratch = malloc(sizeof(long long) * (widest / 2 + 1));
+        if (scratch == NULL) {
+            PyErr_NoMemory();
+        } else {
+            const double *keys = b[1].buf;
+            long long *order = b[2].buf;
+            Py_BEGIN_ALLOW_THREADS;
+            for (Py_ssize_t g = 0; g < groups; g++) {
+                for (long long e = indptr[g]; e < indptr[g + 1]; e++)
+                    order[e] = e;
+                sort_indices(order + indptr[g], indptr[g + 1] - indptr[g], keys, scratch);
+            }
+            Py_END_ALLOW_THREADS;
+            result = Py_NewRef(Py_None);
+        }
+    }
+    free(scratch);
+    release(b, 3);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"mark_top", mark_top, METH_VARARGS,
      "mark_top(scores, rows, width, k, positive, exact, mark): mark each row's k largest."},
     {"sparse_product_rows", sparse_product_rows, METH_VARARGS,
      "sparse_product_rows(q_indptr, q_indices, q_data, s_indptr, s_indices, s_data, rows, "
      "width, out): a CSR product, dense."},
+    {"sort_within", sort_within, METH_VARARGS,
+     "sort_within(indptr, keys, groups, order): each run's positions by key, stably."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -104,7 +104,7 @@ def _kept_file(model: str, raw_score: bool) -> Path | None:
     return _KEPT[0] / f"{key}.o"
 
 
-def _compile(model: str, raw_score: bool, kept: Path | None) -> Callable[[np.ndarray], np.ndarray]:
+def _compile(model: str, raw_score: bool, kept: Path | None) -> Callable[..., np.ndarray]:
     with tempfile.TemporaryDirectory(prefix="sendwise-trees-") as tmp:
         path = Path(tmp, "booster.txt")
         path.write_text(model)
@@ -116,7 +116,7 @@ def _compile(model: str, raw_score: bool, kept: Path | None) -> Callable[[np.nda
             compiled.compile(cache=str(written), raw_score=raw_score)
             if kept is not None:
                 _keep(written, kept)
-    return partial(compiled.predict, n_jobs=THREADS)
+    return compiled.predict
 
 
 def _keep(written: Path, kept: Path) -> None:
@@ -132,12 +132,13 @@ def _keep(written: Path, kept: Path) -> None:
 
 
 def tree_predictor(
-    booster: lgb.Booster, compiled: bool, raw_score: bool = False
+    booster: lgb.Booster, compiled: bool, raw_score: bool = False, threads: int = THREADS
 ) -> Callable[[np.ndarray], np.ndarray]:
-    """How to predict with `booster`: LightGBM itself, or (`compiled`) its compiled trees."""
+    """How to predict with `booster` on `threads` threads: LightGBM itself, or (`compiled`)
+    its compiled trees."""
     if not compiled:
-        return partial(booster.predict, raw_score=raw_score)
-    return compile_trees(booster, raw_score).result()
+        return partial(booster.predict, raw_score=raw_score, num_threads=threads)
+    return partial(compile_trees(booster, raw_score).result(), n_jobs=threads)
 
 
 _BATCH_ROWS: ContextVar[int | None] = ContextVar("sendwise_batch_rows", default=None)

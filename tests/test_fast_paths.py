@@ -137,23 +137,32 @@ def test_kernels_refuse_arrays_that_do_not_fit_what_they_are_told():
         )
 
 
-def test_ranks_and_tops_within_groups_match_a_sort():
-    groups = np.sort(RNG.integers(0, 40, 1_000))
-    keys = RNG.random(1_000)
+def test_ranks_and_tops_within_groups_match_a_stable_sort():
+    # groups of 1 to a few hundred (merged runs, not only insertion sorts), ties and NaN
+    groups = np.sort(np.r_[RNG.integers(0, 40, 1_000), np.full(300, 17), [41]])
+    keys = np.round(RNG.random(len(groups)) * 20) / 20
+    keys[RNG.random(len(groups)) < 0.05] = np.nan
     ranks = products._rank_within(groups, keys)
+    top = products._top_within(groups, keys, 3)
+    expected_top = []
     for g in np.unique(groups):
         members = np.flatnonzero(groups == g)
-        expected = np.argsort(np.argsort(keys[members])) + 1
+        ascending = np.argsort(keys[members], kind="stable")  # NaN last, ties by position
+        expected = np.empty(len(members))
+        expected[ascending] = np.arange(1, len(members) + 1)
         assert np.array_equal(ranks[members], expected)
-    top = products._top_within(groups, keys, 3)
-    expected = np.concatenate(
-        [
-            (members := np.flatnonzero(groups == g))[np.argsort(-keys[members])][:3]
-            for g in np.unique(groups)
-        ]
-    )
-    assert np.array_equal(top, expected)
+        expected_top.append(members[np.argsort(-keys[members], kind="stable")][:3])
+    assert np.array_equal(top, np.concatenate(expected_top))
     assert products._rank_within(groups[:0], keys[:0]).size == 0
+
+
+def test_sorting_within_groups_refuses_pointers_past_the_keys():
+    order = np.zeros(3, dtype=np.int64)
+    with pytest.raises(ValueError, match="indptr: row 0's pointers are out of order"):
+        _kernels.sort_within(np.array([0, 4], np.int64), np.zeros(3), 1, order)
+    with pytest.raises(ValueError, match="order holds 16 bytes, not 24"):
+        _kernels.sort_within(np.array([0, 3], np.int64), np.zeros(3), 1, order[:2])
+    assert not order.any()
 
 
 def test_compiled_trees_are_kept_and_loaded_by_the_next_process(tmp_path, simulated_shop):
