@@ -788,8 +788,7 @@ def _order_within(groups: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.
     their own; ranking 500 customers' 27,000 candidates took 0.9 ms, where an argsort of
     padded rows took 1.6 ms.
     """
-    starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]]) if len(groups) else []
-    indptr = _int64(np.r_[starts, len(groups)])
+    indptr = _int64(np.r_[0, np.flatnonzero(groups[1:] != groups[:-1]) + 1, len(groups)])
     order = np.empty(len(groups), dtype=np.int64)
     keys = np.ascontiguousarray(keys, dtype=np.float64)
     _kernels.sort_within(indptr, keys, len(indptr) - 1, order)
