@@ -131,3 +131,32 @@ def test_export_reads_back_what_was_logged_with_lists_and_filters(log):
     assert everything.row(1, named=True)["holdout_kind"] == "global"
     assert log.read(campaign="c2")["decision_id"].to_list() == ["d3"]
     assert log.read(since=T0 + timedelta(days=1))["decision_id"].to_list() == ["d3"]
+
+
+def test_a_batch_in_parts_logs_what_one_append_logs_and_is_whole_or_absent(log, tmp_path):
+    """`append_parts` (batch scoring, one part per bucket) stores the rows, sends and batch
+    that one `append` stores; a part that fails leaves nothing."""
+    rows = batch("c1", decision(1, "a"), decision(2, "b", send=False), decision(3, "c"))
+    rows = rows.with_columns(cross_sell=pl.when(pl.col("customer_id") == "c").then(None).otherwise(pl.col("cross_sell")))  # fmt: skip
+    log.append_parts("b1", T0, [rows.head(2), rows.head(0), rows.tail(1)])
+    single = DecisionLog(f"sqlite:///{tmp_path / 'single.db'}")
+    single.append("b1", T0, rows)
+    assert log.read().equals(single.read())
+    assert log.batch_sizes() == single.batch_sizes() == {"b1": (3, 3)}
+    since = T0 - timedelta(days=1)
+    assert (
+        log.sends(None, since, "c2")
+        .sort("customer_id")
+        .equals(single.sends(None, since, "c2").sort("customer_id"))
+    )
+
+    def failing():
+        yield batch("c1", decision(4, "d"))
+        raise RuntimeError("a bucket failed")
+
+    with pytest.raises(RuntimeError):
+        log.append_parts("b2", T0, failing())
+    with pytest.raises(Exception, match="(?i)unique|duplicate"):
+        log.append_parts("b3", T0, [batch("c1", decision(5, "e")), batch("c1", decision(1, "a"))])
+    assert log.batch_sizes() == {"b1": (3, 3)} and log.count() == 3
+    assert set(log.sends(None, since, "c2")["customer_id"]) == {"a", "c"}
