@@ -325,7 +325,7 @@ class Items:
     product index, co-purchase neighbours, item statistics, ALS item factors and the BM25
     weights' shop-wide terms. With it, each customer's candidates and scores depend on that
     customer's history alone, so customers ranked apart (bucket by bucket) rank as together.
-    Plain arrays: it travels to Dask workers by pickle."""
+    Arrays and Polars series: it travels to Dask workers by pickle."""
 
     products: pl.Series  # sorted product ids
     similar: sp.csr_matrix  # products x products: co-purchase weights (see `_co_purchase`)
