@@ -437,7 +437,7 @@ class ProductRanker(Settings):
         # the co-purchase inverse runs on one core (see `_co_purchase`) beside the ALS fit,
         # which takes both: `items` of the 1M bench shop took 16.8-18.4 s, now 13.4-14.3 s
         with ThreadPoolExecutor(1) as beside:
-            similar = beside.submit(_co_purchase, bought, self.co_purchase_l2, self.neighbours)
+            co_purchase = beside.submit(_co_purchase, bought, self.co_purchase_l2, self.neighbours)
             als = self._als_model()
             joint = shape[0] <= self.als_sample
             if joint:
@@ -448,19 +448,19 @@ class ProductRanker(Settings):
                 als.fit(weighted[sample], show_progress=False)
             items = self._item_stats(layout.history, i, shape[1], as_of)
             popular = np.argsort(-items["pop_30d"] - 1e-3 * items["pop_orders"])
-            return Items(
-                products=products,
-                similar=similar.result(),
-                items=items,
-                popular=popular[: self.popular_candidates],
-                item_factors=als.item_factors,
-                idf=idf,
-                average_length=average_length,
-                customers=customers if joint else customers[:0],
-                user_factors=als.user_factors if joint else np.zeros((0, self.als_factors)),
-                categories=_category_codes(layout.history, i, shape[1]),
-                compiled=shape[0] >= COMPILE_CUSTOMERS,
-            )
+        return Items(
+            products=products,
+            similar=co_purchase.result(),
+            items=items,
+            popular=popular[: self.popular_candidates],
+            item_factors=als.item_factors,
+            idf=idf,
+            average_length=average_length,
+            customers=customers if joint else customers[:0],
+            user_factors=als.user_factors if joint else np.zeros((0, self.als_factors)),
+            categories=_category_codes(layout.history, i, shape[1]),
+            compiled=shape[0] >= COMPILE_CUSTOMERS,
+        )
 
     def candidate_context(
         self, history: pl.DataFrame, as_of: datetime, items: Items | None = None
