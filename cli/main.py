@@ -402,7 +402,8 @@ def train_command(
     from a randomised experiment (a file, the shop's latest campaign, or with --from-log the
     decisions sendwise logged) and validates on a held-out 30%. `all` trains the offer model
     too when the shop has assignments. With --engine dask (a bucketed shop), the propensity
-    model is fitted on the Dask cluster with lightgbm.dask; the others on this machine.
+    model and the product ranker (crosssell) are fitted on the Dask cluster with lightgbm.dask;
+    the others on this machine.
     """
     from sendwise.training.train import Skipped, train, train_all
 

@@ -1,11 +1,13 @@
-"""Propensity trained on one node and on Dask (`lightgbm.dask`): time, memory and validation.
+"""Propensity and products trained on one node and on Dask (`lightgbm.dask`): time, memory
+and validation.
 
     python experiments/train_on_dask.py [--customers 20000] [--buckets 4]
 
 On Online Retail (DESIGN protocol: as of 2011-09-09, horizon 90 days) and a simulated shop
 (as of 2026-05-31, horizon 30 days), each split into `--buckets` buckets: `sendwise train
 propensity` with `--engine local` and with `--engine dask` (a local two-worker cluster started
-by the command), each in a child process with its own MLflow store. The validation figures
+by the command), each in a child process with its own MLflow store; then `sendwise train
+crosssell` (the product ranker) the same two ways. The validation figures
 are those the command prints and logs (a backtest at T - H, fitted the same way); the peak is
 the largest process's (the CLI, or one worker). Writes experiments/results/train_dask.md.
 """
@@ -13,6 +15,7 @@ the largest process's (the CLI, or one worker). Writes experiments/results/train
 from __future__ import annotations
 
 import argparse
+import itertools
 import re
 import tempfile
 from pathlib import Path
@@ -22,6 +25,10 @@ from child import run_cli, work_env
 from yardstick import multiple, yardstick
 
 SHOPS = {"Online Retail": ("2011-09-09", "90"), "simulated": ("2026-05-31", "30")}
+FIGURES = {  # what each model's validation is read as, from what the command prints
+    "propensity": r"(roc_auc|pr_auc|ece) (-?[\d.]+)",
+    "crosssell": r"(ndcg@10|recall@10|new_ndcg@10|new_recall@10) (-?[\d.]+)",
+}
 
 
 def main() -> None:
@@ -45,32 +52,33 @@ def main() -> None:
             )
             unit = yardstick(plain)
             as_of, horizon = SHOPS[name]
-            for engine in ("local", "dask"):
+            for task, engine in itertools.product(FIGURES, ("local", "dask")):
                 env = work_env(work / f"{name}-{engine}")
                 run = run_cli(
-                    ["train", "propensity", "--shop", str(bucketed), "--as-of", as_of]
+                    ["train", task, "--shop", str(bucketed), "--as-of", as_of]
                     + ["--horizon-days", horizon, "--engine", engine],
                     env,
                 )
-                figures = dict(re.findall(r"(roc_auc|pr_auc|brier|ece) (-?[\d.]+)", run["stdout"]))
-                result[f"{name}/{engine}"] = {**run, "figures": figures, "yardstick": unit}
+                figures = dict(re.findall(FIGURES[task], run["stdout"]))
+                result[f"{name}/{task}/{engine}"] = {**run, "figures": figures, "yardstick": unit}
                 rows.append(
-                    f"| {name} | {engine} | {run['wall_s']} | {multiple(run['wall_s'], unit)} | "
-                    f"{run['peak_rss_mib']:,} | {figures.get('roc_auc')} | "
-                    f"{figures.get('pr_auc')} | {figures.get('ece')} |"
+                    f"| {name} | {task} | {engine} | {run['wall_s']} | "
+                    f"{multiple(run['wall_s'], unit)} | {run['peak_rss_mib']:,} | "
+                    + ", ".join(f"{k} {v}" for k, v in figures.items())
+                    + " |"
                 )
     md = [
-        "# Propensity on one node and on Dask",
+        "# Propensity and products on one node and on Dask",
         "",
         f"Command: `python experiments/train_on_dask.py --customers {args.customers} "
-        f"--buckets {args.buckets}`. `sendwise train propensity` on a shop split into "
-        f"{args.buckets} buckets; validation is the backtest at T - H the command logs "
+        f"--buckets {args.buckets}`. `sendwise train propensity` and `crosssell` on a shop "
+        f"split into {args.buckets} buckets; validation is the backtest at T - H the command logs "
         "(Online Retail: as of 2011-09-09, 90 days; simulated: as of 2026-05-31, 30 days). "
         "Yardstick: reading the shop's tables and grouping each by customer, on this machine "
         "in the same run.",
         "",
-        "| shop | engine | wall (s) | yardsticks | peak RSS (MiB) | ROC-AUC | PR-AUC | ECE |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| shop | model | engine | wall (s) | yardsticks | peak RSS (MiB) | validation |",
+        "|---|---|---|---:|---:|---:|---|",
         *rows,
     ]
     write_results("train_dask", md, result)

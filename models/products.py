@@ -597,9 +597,12 @@ class ProductRanker(Settings):
         with ThreadPoolExecutor(THREADS) as pool:
             return list(pool.map(chunk, range(0, context.n_users, step)))
 
-    def candidates(self, history: pl.DataFrame, as_of: datetime) -> pl.DataFrame:
-        """Every candidate (customer, product) pair with its features, for one cut-off."""
-        context = self.candidate_context(history, as_of)
+    def candidates(
+        self, history: pl.DataFrame, as_of: datetime, items: Items | None = None
+    ) -> pl.DataFrame:
+        """Every candidate (customer, product) pair with its features, for one cut-off
+        (`items`: the shop's, where `history` is a part of it)."""
+        context = self.candidate_context(history, as_of, items)
         pairs = _Pairs.concat(self._chunks(context, lambda pairs: pairs))
         return pl.concat(
             [
@@ -640,31 +643,59 @@ class ProductRanker(Settings):
 
     def fit(self, examples: list[tuple[pl.DataFrame, datetime, pl.DataFrame]]) -> ProductRanker:
         """Learn from (history up to a cut-off, the cut-off, pairs bought in the horizon after)."""
-        frames = []
-        for history, cutoff, bought in examples:
-            pairs = self.candidates(history, cutoff)
-            target = (
-                bought.select("customer_id", "product_id")
-                .unique()
-                .with_columns(bought=pl.lit(True))
-            )
-            frames.append(
-                pairs.join(target, on=["customer_id", "product_id"], how="left").with_columns(
-                    pl.col("bought").fill_null(False)
-                )
-            )
-        train = pl.concat(frames).sort("customer_id", maintain_order=True)
-        self.booster_ = self._learn(train)
-        self.booster_new_ = self._learn(train.filter(pl.col("own_orders") == 0))
-        return self
+        train = self.stack([self.labelled_pairs(*example) for example in examples])
+        return self.adopt(self._learn(train), self._learn(train, new_only=True))
 
-    def _learn(self, train: pl.DataFrame) -> lgb.Booster:
-        """LambdaRank within each customer's candidates (only customers with a purchase teach)."""
-        train = train.filter(pl.col("bought").any().over("customer_id"))
-        if train.is_empty():
+    def _learn(self, train: pl.DataFrame, new_only: bool = False) -> lgb.Booster:
+        features, bought, groups = self.teaching(train, new_only)
+        if not len(groups):
             raise ModelFitError("the product ranker needs candidates that were then bought")
-        groups = train.group_by("customer_id", maintain_order=True).len()["len"].to_numpy()
-        params = lightgbm_params(
+        data = lgb.Dataset(features, bought, group=groups)
+        return lgb.train(self.booster_params(), data, self.n_estimators)
+
+    def labelled_pairs(
+        self,
+        history: pl.DataFrame,
+        cutoff: datetime,
+        bought: pl.DataFrame,
+        items: Items | None = None,
+    ) -> pl.DataFrame:
+        """One cut-off's candidates (`candidates`), each `bought` or not in the horizon."""
+        target = bought.select("customer_id", "product_id").unique().with_columns(bought=True)
+        return (
+            self.candidates(history, cutoff, items)
+            .join(target, on=["customer_id", "product_id"], how="left")
+            .with_columns(pl.col("bought").fill_null(False))
+        )
+
+    @staticmethod
+    def stack(frames: list[pl.DataFrame]) -> pl.DataFrame:
+        """Every cut-off's labelled pairs, customer by customer: one customer's candidates
+        at every cut-off make one group (`teaching`)."""
+        return pl.concat(frames).sort("customer_id", maintain_order=True)
+
+    def teaching(
+        self, train: pl.DataFrame, new_only: bool = False
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """LambdaRank's examples of `stack`ed pairs: (features, bought, group sizes), a group
+        being one customer's candidates (only products new to the customer, for the
+        cross-sell head). Only customers who then bought a candidate teach; none: empty."""
+        if new_only:
+            train = train.filter(pl.col("own_orders") == 0)
+        train = train.filter(pl.col("bought").any().over("customer_id"))
+        return (
+            matrix(train, PAIR_FEATURES),
+            train["bought"].to_numpy().astype(np.float32),
+            train.group_by("customer_id", maintain_order=True)
+            .len()["len"]
+            .cast(pl.Int64)
+            .to_numpy(),
+        )
+
+    def booster_params(self) -> dict:
+        """The LightGBM parameters of both boosters (a learner elsewhere, such as
+        `lightgbm.dask`, fits with the same ones)."""
+        return lightgbm_params(
             "lambdarank",
             self.random_state,
             lambdarank_truncation_level=20,
@@ -674,12 +705,12 @@ class ProductRanker(Settings):
             feature_fraction=0.9,
             bagging_fraction=0.8,
         )
-        data = lgb.Dataset(
-            matrix(train, PAIR_FEATURES),
-            train["bought"].to_numpy().astype(np.float32),
-            group=groups,
-        )
-        return lgb.train(params, data, self.n_estimators)
+
+    def adopt(self, booster: lgb.Booster, booster_new: lgb.Booster) -> ProductRanker:
+        """Take the boosters fitted with `booster_params` on `teaching`'s sets (all products,
+        new products), here or elsewhere (on a cluster, by `lightgbm.dask`)."""
+        self.booster_, self.booster_new_ = booster, booster_new
+        return self
 
     def precompile(self) -> None:
         """Start compiling the trees that ranking many customers runs (see compile_trees)."""

@@ -30,13 +30,19 @@ from sendwise.features.shop import (
     write_shop,
 )
 from sendwise.models import products
-from sendwise.models.metrics import propensity_metrics
+from sendwise.models.metrics import propensity_metrics, ranking_metrics
 from sendwise.serving.engine import score_bucket
 from sendwise.store import registry
 from sendwise.store.decisions import DecisionLog
-from sendwise.training.backtest import fit_products, fit_propensity
+from sendwise.training.backtest import fit_products, fit_propensity, product_examples
 from sendwise.training.datasets import labelled
-from sendwise.training.distributed import fit_propensity_on_dask
+from sendwise.training.distributed import (
+    HEADS,
+    PairJob,
+    bucket_pairs,
+    fit_products_on_dask,
+    fit_propensity_on_dask,
+)
 
 runner = CliRunner()
 AS_OF = "2026-05-01"
@@ -411,6 +417,51 @@ def test_propensity_fitted_on_dask_is_as_good_as_on_one_node(sim, bucketed, sche
     assert abs(p["dask"].mean() - bought.mean()) < 0.05, (p["dask"].mean(), bought.mean())
 
 
+def rows_in_order(features: np.ndarray, bought: np.ndarray) -> np.ndarray:
+    """Labelled example rows as a sorted table, to compare row sets made in other orders."""
+    table = np.nan_to_num(np.column_stack([features, bought]), nan=-1e30)
+    return table[np.lexsort(table.T[::-1])]
+
+
+def test_product_ranker_fitted_on_dask_learns_the_one_node_examples_as_well(
+    sim, bucketed, scheduler
+):
+    """Each bucket's LambdaRank examples, against the shop-wide candidate context, are its
+    customers' rows of the one-node set (every row, label and group); DaskLGBMRanker learns
+    from them lists as good as one node's."""
+    as_of, horizon = datetime(2026, 4, 1, tzinfo=UTC), 30
+    shop = read_shop(sim)
+    ranker = products.ProductRanker(n_estimators=50)
+    examples = product_examples(shop, as_of, horizon)
+    whole = ranker.stack([ranker.labelled_pairs(*example) for example in examples])
+    job = PairJob(ranker, horizon, {c: ranker.items(history, c) for history, c, _ in examples})
+    parts = [bucket_pairs(bucket, job) for bucket in bucket_dirs(bucketed)]
+    for head in HEADS:
+        features, bought, groups = ranker.teaching(whole, new_only=head == "new")
+        held = [part.arrays(head) for part in parts]
+        assert np.array_equal(
+            rows_in_order(
+                np.concatenate([h[0] for h in held]), np.concatenate([h[1] for h in held])
+            ),
+            rows_in_order(features, bought),
+        )
+        assert sorted(np.concatenate([h[2] for h in held])) == sorted(groups)
+        assert sum(len(h[2]) > 0 for h in held) == len(held)  # every bucket teaches
+
+    local = fit_products(shop, as_of, horizon, n_estimators=50)
+    on_dask = fit_products_on_dask(bucketed, as_of, horizon, scheduler, n_estimators=50)
+    history = builders.interactions(shop, as_of).collect()
+    truth = builders.purchases_between(shop, as_of, datetime(2026, 5, 1, tzinfo=UTC)).collect()
+    new_truth = truth.join(history, on=["customer_id", "product_id"], how="anti")
+    for new_only, wanted in ((False, truth), (True, new_truth)):
+        figures = {
+            name: ranking_metrics(model.rank(history, as_of, new_only=new_only), wanted)
+            for name, model in (("local", local), ("dask", on_dask))
+        }
+        assert figures["dask"]["ndcg@10"] > figures["local"]["ndcg@10"] - 0.02, figures
+        assert figures["local"]["ndcg@10"] > (0.12 if new_only else 0.45), figures  # .17, .51
+
+
 def test_train_on_dask_registers_a_validated_challenger(bucketed, scheduler, mlflow_home):
     result = invoke(
         "train", "propensity", "--shop", str(bucketed), "--as-of", AS_OF, "--horizon-days", "30",
@@ -420,6 +471,14 @@ def test_train_on_dask_registers_a_validated_challenger(bucketed, scheduler, mlf
     auc = float(result.output.split("roc_auc ")[1].split(",")[0])
     assert auc > 0.85, result.output
     version = registry.model_version(read_shop(bucketed).name, "propensity", "1")
+    assert version.tags["engine"] == "dask"
+    result = invoke(
+        "train", "crosssell", "--shop", str(bucketed), "--as-of", AS_OF, "--horizon-days", "30",
+        "--engine", "dask", "--scheduler", scheduler,
+    )  # fmt: skip
+    assert "challenger" in result.output and "ndcg@10" in result.output, result.output
+    assert float(result.output.split("ndcg@10 ")[1].split(",")[0]) > 0.45, result.output
+    version = registry.model_version(read_shop(bucketed).name, "crosssell", "1")
     assert version.tags["engine"] == "dask"
     assert "--engine dask trains on a bucketed shop" in fails(
         "train", "propensity", "--shop", str(bucketed.parent / "sim"), "--as-of", AS_OF,

@@ -177,8 +177,15 @@ def _baseline_lists(history: pl.DataFrame, new_only: bool, n: int = 10) -> dict[
     return ranks
 
 
-def backtest_products(shop: Shop, as_of: datetime, horizon_days: int, **params) -> list[Section]:
-    model = fit_products(shop, as_of, horizon_days, **params)
+ProductsFit = Callable[..., ProductRanker]
+
+
+def backtest_products(
+    shop: Shop, as_of: datetime, horizon_days: int, fit: ProductsFit | None = None, **params
+) -> list[Section]:
+    """sendwise's product lists (all products, and new ones only) against baselines at
+    `as_of`; `fit` as `fit_products`."""
+    model = (fit or fit_products)(shop, as_of, horizon_days, **params)
     history = builders.interactions(shop, as_of).collect()
     truth = builders.purchases_between(shop, as_of, as_of + timedelta(days=horizon_days)).collect()
     truth = truth.join(history.select("customer_id").unique(), on="customer_id", how="semi")

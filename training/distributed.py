@@ -1,17 +1,22 @@
-"""Fitting on Dask (`train propensity --engine dask`): the propensity model learns with
-LightGBM's own distributed learner, `lightgbm.dask`, from examples the workers build bucket
-by bucket and keep.
+"""Fitting on Dask (`train propensity|crosssell --engine dask`): the propensity model and the
+product ranker learn with LightGBM's own distributed learner, `lightgbm.dask`, from examples
+the workers build bucket by bucket and keep.
 
-A bucket's examples (features at every training cut-off, labels after it) depend on that
-bucket's customers and the shop's fallback time zones alone, so they are built where the
-task runs and stay there (only the few columns a caller asks to keep come back):
-LightGBM's Dask learner fits data parallel over the workers that hold them, agreeing on each
-split over the network. It is the regressor with the binary objective, not the classifier:
-the classifier encodes labels on each worker apart, so a worker holding only buyers would
-learn them as class 0. The Platt map is learned as `PurchasePropensity.fit` learns it: a first
-booster, on the earlier cut-offs, scores the latest one out of time.
+A bucket's propensity examples (features at every training cut-off, labels after it) depend on
+that bucket's customers and the shop's fallback time zones alone; its ranker examples (each
+customer's candidate products at every cut-off, labelled bought or not) on its customers and
+the shop-wide part of candidate generation at each cut-off (`ProductRanker.items`: neighbours,
+item statistics, ALS item factors), computed once here and sent to every worker. So they are
+built where the task runs and stay there (only the few columns a caller asks to keep come
+back): LightGBM's Dask learner fits data parallel over the workers that hold them, agreeing
+on each split over the network. Propensity fits the regressor with the binary objective, not
+the classifier: the classifier encodes labels on each worker apart, so a worker holding only
+buyers would learn them as class 0. Its Platt map is learned as `PurchasePropensity.fit` learns
+it: a first booster, on the earlier cut-offs, scores the latest one out of time. The ranker
+fits LambdaRank with `DaskLGBMRanker`, each bucket's groups (a customer's candidates) whole in
+its own part.
 
-Features are identical across engines; the fitted trees are not (each worker bins and bags
+Examples are identical across engines; the fitted trees are not (each worker bins and bags
 its own rows, in the order the cluster placed them), so the model is of the same kind, not the
 same bits, nor the same bits on a rerun. Prefer one node while the examples fit its memory:
 LightGBM there has early stopping for tuning, and no cluster to start or network to cross
@@ -20,8 +25,9 @@ every boosting round (README, "Beyond one machine: buckets and Dask", has the fi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from operator import attrgetter
 from pathlib import Path
 
@@ -32,9 +38,10 @@ from sendwise.features import builders
 from sendwise.features.engine import dask_client
 from sendwise.features.shop import bucketed_dirs, read_bucket, read_shop
 from sendwise.models.base import ModelFitError, matrix
+from sendwise.models.products import PAIR_FEATURES, Items, ProductRanker
 from sendwise.models.propensity import PurchasePropensity, platt_map
 
-from .backtest import propensity_features
+from .backtest import PRODUCT_CUTOFFS, propensity_features
 from .datasets import CUTOFF_STRIDE_DAYS, TRAINING_CUTOFFS, labelled, training_cutoffs
 
 ORDER = ("cutoff", "customer_id")  # `labelled` sorts by these, the latest cut-off first
@@ -109,8 +116,6 @@ def fit_propensity_on_dask(
     """`fit_propensity` of a bucketed shop on Dask: the model, and the `kept` columns of its
     training rows (with `purchased`), in `labelled`'s order, gathered for baselines that fit
     on a few columns."""
-    import dask.array as da
-    from dask import delayed
     from lightgbm.dask import DaskLGBMRegressor
 
     buckets = [path.resolve() for path in bucketed_dirs(directory, "--engine dask trains")]
@@ -137,19 +142,14 @@ def fit_propensity_on_dask(
 
         def stacked(which: str):
             """The `which` rows of every part as one Dask array each, part by part."""
-            features, bought = [], []
-            for part, count in zip(parts, counts, strict=True):
-                if count[which]:
-                    rows = delayed(Examples.rows)(part, which)
-                    features.append(
-                        da.from_delayed(rows[0], (count[which], len(names)), np.float32)
-                    )
-                    bought.append(da.from_delayed(rows[1], (count[which],), np.float32))
-            return da.concatenate(features), da.concatenate(bought)
+            held = [(part, count[which]) for part, count in zip(parts, counts, strict=True)]
+            shapes = [((rows, len(names)), (rows,)) for _, rows in held if rows]
+            return on_workers(
+                [part for part, rows in held if rows], Examples.rows, (which,), shapes
+            )
 
         def booster(which: str) -> DaskLGBMRegressor:
-            params = model.booster_params()  # the binary objective among them
-            del params["num_threads"]  # lightgbm.dask gives each worker its own thread count
+            params = on_cluster(model.booster_params())  # the binary objective among them
             learner = DaskLGBMRegressor(client=client, n_estimators=model.n_estimators, **params)
             return learner.fit(*stacked(which))
 
@@ -162,3 +162,124 @@ def fit_propensity_on_dask(
         kept_rows = pl.concat(client.gather(client.map(attrgetter("kept"), parts, pure=False)))
     order = kept_rows.sort(*ORDER, descending=[True, False])  # `labelled`'s order
     return model.adopt(fitted, names, calibration), order.drop([c for c in ORDER if c not in kept])
+
+
+HEADS = ("all", "new")  # the ranker's boosters: every product; products new to the customer
+
+
+@dataclass(frozen=True)
+class PairJob:
+    """What every bucket's ranker examples share: the ranker's settings, the horizon, and
+    the shop-wide part of candidate generation at each cut-off, the latest first."""
+
+    ranker: ProductRanker
+    horizon_days: int
+    items: dict[datetime, Items]
+
+
+@dataclass(frozen=True)
+class Pairs:
+    """One bucket's LambdaRank examples for each head: features, bought, group sizes."""
+
+    heads: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+    def arrays(self, head: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self.heads[head]
+
+    def summary(self) -> dict[str, tuple[int, int]]:
+        """Per head, rows and groups: what the client plans the fit from."""
+        return {
+            head: (len(bought), len(groups)) for head, (_, bought, groups) in self.heads.items()
+        }
+
+
+def bucket_pairs(bucket: Path, job: PairJob) -> Pairs:
+    """The ranker's examples of one bucket's customers: the function each Dask task runs.
+    `ProductRanker.fit` learns from the same rows of every bucket together."""
+    shop = read_bucket(bucket)
+    frames = []
+    for cutoff, items in job.items.items():
+        history = builders.interactions(shop, cutoff).collect()
+        if history.is_empty():  # none of this bucket's customers had bought by then
+            continue
+        horizon = cutoff + timedelta(days=job.horizon_days)
+        bought = builders.purchases_between(shop, cutoff, horizon).collect()
+        frames.append(job.ranker.labelled_pairs(history, cutoff, bought, items))
+    if not frames:
+        width = len(PAIR_FEATURES)
+        none = (np.empty((0, width), np.float32), np.empty(0, np.float32), np.empty(0, np.int64))
+        return Pairs(dict.fromkeys(HEADS, none))
+    train = ProductRanker.stack(frames)
+    return Pairs({head: job.ranker.teaching(train, new_only=head == "new") for head in HEADS})
+
+
+def fit_products_on_dask(
+    directory: Path, as_of: datetime, horizon_days: int, scheduler: str | None = None, **params
+) -> ProductRanker:
+    """`fit_products` of a bucketed shop on Dask: the shop-wide part of each cut-off's
+    candidates here, once; every bucket's examples on the workers; LambdaRank there."""
+    from lightgbm.dask import DaskLGBMRanker
+
+    buckets = [path.resolve() for path in bucketed_dirs(directory, "--engine dask trains")]
+    cutoffs = training_cutoffs(as_of, horizon_days, PRODUCT_CUTOFFS, CUTOFF_STRIDE_DAYS)
+    whole = read_shop(directory, validate=False)
+    ranker = ProductRanker(**params)
+    items = {
+        cutoff: ranker.items(builders.interactions(whole, cutoff).collect(), cutoff)
+        for cutoff in cutoffs
+    }
+    boosters = []
+    with dask_client(scheduler) as client:
+        shared = client.scatter(PairJob(ranker, horizon_days, items), broadcast=True)
+        parts = client.map(bucket_pairs, buckets, job=shared, pure=False)
+        counts = client.gather(client.map(Pairs.summary, parts, pure=False))
+        for head in HEADS:
+            held = [(part, count[head]) for part, count in zip(parts, counts, strict=True)]
+            held = [(part, size) for part, size in held if size[1]]
+            if not held:
+                raise ModelFitError("the product ranker needs candidates that were then bought")
+            shapes = [
+                ((rows, len(PAIR_FEATURES)), (rows,), (groups,)) for _, (rows, groups) in held
+            ]
+            features, bought, groups = on_workers(
+                [part for part, _ in held],
+                Pairs.arrays,
+                (head,),
+                shapes,
+                (np.float32, np.float32, np.int64),
+            )
+            params = on_cluster(ranker.booster_params())
+            learner = DaskLGBMRanker(client=client, n_estimators=ranker.n_estimators, **params)
+            boosters.append(learner.fit(features, bought, group=groups).booster_)
+    return ranker.adopt(*boosters)
+
+
+def on_cluster(params: dict) -> dict:
+    """A booster's parameters for `lightgbm.dask`, which gives each worker its own thread
+    count."""
+    return {name: value for name, value in params.items() if name != "num_threads"}
+
+
+def on_workers(
+    parts: list,
+    pick: Callable,
+    args: tuple,
+    shapes: list[tuple[tuple[int, ...], ...]],
+    dtypes: tuple[type, ...] = (np.float32, np.float32),
+) -> list:
+    """The arrays `pick(part, *args)` gives of each part the workers hold, each array
+    concatenated over the parts into one Dask array without coming here; `shapes[k]` are
+    part k's arrays' shapes, `dtypes` the arrays' types (by default features and labels)."""
+    import dask.array as da
+    from dask import delayed
+
+    columns = []
+    for part, part_shapes in zip(parts, shapes, strict=True):
+        arrays = delayed(pick, nout=len(dtypes))(part, *args)
+        columns.append(
+            [
+                da.from_delayed(array, shape, dtype)
+                for array, shape, dtype in zip(arrays, part_shapes, dtypes, strict=True)
+            ]
+        )
+    return [da.concatenate(column) for column in zip(*columns, strict=True)]

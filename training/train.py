@@ -28,6 +28,7 @@ from sendwise.store import registry
 from .backtest import (
     PRIMARY_METRIC,
     RFM_FEATURES,
+    ProductsFit,
     PropensityFit,
     backtest_products,
     backtest_propensity,
@@ -37,9 +38,10 @@ from .backtest import (
     fit_sendtime,
     select_sendtime,
 )
-from .distributed import fit_propensity_on_dask
+from .distributed import fit_products_on_dask, fit_propensity_on_dask
 
 MODELS = ("propensity", "crosssell", "sendtime")
+ON_DASK = ("propensity", "crosssell")  # fitted with `lightgbm.dask` on `--engine dask`
 WITHOUT = {  # what decisions do when a model could not be trained
     "propensity": "decisions keep the current propensity champion, if any",
     "crosssell": "decisions will use popular products",
@@ -83,18 +85,29 @@ def code_version() -> str:
     return found.stdout.strip() or "unknown"
 
 
-def propensity_fit(engine: Engine | str, scheduler: str | None = None) -> PropensityFit:
-    """How the propensity model is fitted: on one node (`fit_propensity`), or on Dask with
-    `lightgbm.dask` from a bucketed shop's buckets (see `distributed`)."""
-    if Engine(engine) is Engine.local:
-        return fit_propensity
+@dataclass(frozen=True)
+class Fits:
+    """How the models that can learn on a cluster are fitted: by default on this node."""
 
-    def on_dask(shop: Shop, as_of: datetime, horizon_days: int, **params):
+    propensity: PropensityFit = fit_propensity
+    products: ProductsFit = fit_products
+
+
+def fits(engine: Engine | str, scheduler: str | None = None) -> Fits:
+    """On one node (`fit_propensity`, `fit_products`), or on Dask with `lightgbm.dask` from
+    a bucketed shop's buckets (see `distributed`)."""
+    if Engine(engine) is Engine.local:
+        return Fits()
+
+    def propensity(shop: Shop, as_of: datetime, horizon_days: int, **params):
         return fit_propensity_on_dask(
             shop.directory, as_of, horizon_days, scheduler, kept=tuple(RFM_FEATURES), **params
         )
 
-    return on_dask
+    def products(shop: Shop, as_of: datetime, horizon_days: int, **params):
+        return fit_products_on_dask(shop.directory, as_of, horizon_days, scheduler, **params)
+
+    return Fits(propensity, products)
 
 
 def validate(
@@ -103,13 +116,13 @@ def validate(
     as_of: datetime,
     horizon_days: int,
     params: dict,
-    fit: PropensityFit = fit_propensity,
+    fit: Fits = Fits(),
 ):
     cutoff = as_of - timedelta(days=horizon_days)
     if task == "propensity":
-        sections = [backtest_propensity(shop, cutoff, horizon_days, fit, **params)]
+        sections = [backtest_propensity(shop, cutoff, horizon_days, fit.propensity, **params)]
     elif task == "crosssell":
-        sections = backtest_products(shop, cutoff, horizon_days, **params)
+        sections = backtest_products(shop, cutoff, horizon_days, fit.products, **params)
     else:
         sections = [backtest_sendtime(shop, cutoff, horizon_days, **params)]
     metrics = {}
@@ -145,20 +158,20 @@ def train(
 ) -> TrainResult:
     """Fit one model at `as_of`, log it with its validation metrics, register it in the
     shop's registry and (unless told not to) make it the challenger. On `engine` dask the
-    propensity model (validation's and the registered one) is fitted with `lightgbm.dask`;
-    the others fit on this node.
+    propensity model and the product ranker (validation's and the registered one) are
+    fitted with `lightgbm.dask`; the others fit on this node.
 
     Raises `CannotTrain` when the shop's data cannot support the model.
     """
     reason = unsupported(task, shop, as_of)
     if reason:
         raise CannotTrain(task, reason)
-    if Engine(engine) is Engine.dask:  # every task, though only propensity fits there
+    if Engine(engine) is Engine.dask:  # every task, though not every model fits there
         if shop.directory is None:
             raise SendwiseError("--engine dask trains on a bucketed shop's directory")
         bucketed_dirs(shop.directory, "--engine dask trains")
-    fit = propensity_fit(engine, scheduler)
-    fitted_on = str(Engine(engine)) if task == "propensity" else str(Engine.local)
+    fit = fits(engine, scheduler)
+    fitted_on = str(Engine(engine)) if task in ON_DASK else str(Engine.local)
     tags = {**(extra_tags or {}), "engine": fitted_on}
     try:
         return _fit_and_register(task, shop, as_of, horizon_days, params, tags, challenger, fit)
@@ -199,7 +212,7 @@ def _fit_and_register(
     params: dict | None,
     extra_tags: dict[str, str] | None,
     challenger: bool = True,
-    fit: PropensityFit = fit_propensity,
+    fit: Fits = Fits(),
 ) -> TrainResult:
     params = dict(params or {})
     if task == "sendtime" and not params:
@@ -209,12 +222,12 @@ def _fit_and_register(
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "model"
         if task == "propensity":
-            model, _ = fit(shop, as_of, horizon_days, **params)
+            model, _ = fit.propensity(shop, as_of, horizon_days, **params)
             documents["features.json"] = model.feature_names_
             documents["feature_importances.json"] = model.feature_importances_
             params = {**model.get_params(), **params}
         elif task == "crosssell":
-            model = fit_products(shop, as_of, horizon_days, **params)
+            model = fit.products(shop, as_of, horizon_days, **params)
             documents["feature_importances.json"] = model.feature_importances_
             params = {**model.get_params(), **params}
         else:
