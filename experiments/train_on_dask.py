@@ -53,7 +53,7 @@ def main() -> None:
             unit = yardstick(plain)
             as_of, horizon = SHOPS[name]
             for task, engine in itertools.product(FIGURES, ("local", "dask")):
-                env = work_env(work / f"{name}-{engine}")
+                env = work_env(work / f"{name}-{task}-{engine}")
                 run = run_cli(
                     ["train", task, "--shop", str(bucketed), "--as-of", as_of]
                     + ["--horizon-days", horizon, "--engine", engine],
@@ -67,6 +67,8 @@ def main() -> None:
                     + ", ".join(f"{k} {v}" for k, v in figures.items())
                     + " |"
                 )
+        sizes = ranker_examples(work / "simulated-plain", *SHOPS["simulated"])
+    result["simulated/ranker_examples"] = sizes
     md = [
         "# Propensity and products on one node and on Dask",
         "",
@@ -80,8 +82,38 @@ def main() -> None:
         "| shop | model | engine | wall (s) | yardsticks | peak RSS (MiB) | validation |",
         "|---|---|---|---:|---:|---:|---|",
         *rows,
+        "",
+        f"The product ranker's examples on the simulated shop (as of {SHOPS['simulated'][0]}, "
+        f"its validation cut-off's training set): {sizes['pairs_per_buyer']} candidate pairs "
+        f"per buyer and cut-off, {sizes['features']} features each; "
+        f"{sizes['teaching_share']:.0%} of the pairs belong to customers who then bought one "
+        "and teach the all-products head.",
     ]
     write_results("train_dask", md, result)
+
+
+def ranker_examples(shop: Path, as_of: str, horizon: str) -> dict:
+    """How large the ranker's examples are on one node: candidate pairs per buyer and
+    cut-off, and the share of them that teach (customers who then bought a candidate). Sizes
+    which shops are too big for one node's memory."""
+    from datetime import timedelta
+
+    from sendwise.features.clock import parse_as_of
+    from sendwise.features.shop import read_shop
+    from sendwise.models.products import PAIR_FEATURES, ProductRanker
+    from sendwise.training.backtest import product_examples
+
+    ranker = ProductRanker()
+    cutoff = parse_as_of(as_of) - timedelta(days=int(horizon))  # validation's training
+    examples = product_examples(read_shop(shop), cutoff, int(horizon))
+    train = ranker.stack([ranker.labelled_pairs(*example) for example in examples])
+    buyers = sum(history["customer_id"].n_unique() for history, _, _ in examples)
+    return {
+        "pairs": len(train),
+        "pairs_per_buyer": round(len(train) / buyers, 1),
+        "features": len(PAIR_FEATURES),
+        "teaching_share": round(len(ranker.teaching(train)[1]) / len(train), 3),
+    }
 
 
 if __name__ == "__main__":

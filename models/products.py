@@ -52,6 +52,7 @@ BM25_K1, BM25_B = 100, 0.8
 # is dense (8,000 products: 256 MB a copy, about 8 s on one core)
 CO_PURCHASE_PRODUCTS = 8_000
 DENSE_CELLS = 3_000_000  # customers x products scored at once (see `_chunks`)
+NOTHING_BOUGHT = "the product ranker needs candidates that were then bought"
 
 ITEM_FEATURES = [
     "pop_orders",
@@ -649,7 +650,7 @@ class ProductRanker(Settings):
     def _learn(self, train: pl.DataFrame, new_only: bool = False) -> lgb.Booster:
         features, bought, groups = self.teaching(train, new_only)
         if not len(groups):
-            raise ModelFitError("the product ranker needs candidates that were then bought")
+            raise ModelFitError(NOTHING_BOUGHT)
         data = lgb.Dataset(features, bought, group=groups)
         return lgb.train(self.booster_params(), data, self.n_estimators)
 

@@ -116,16 +116,23 @@ def backtest_propensity(
     return section
 
 
+def product_cutoffs(as_of: datetime, horizon_days: int) -> list[datetime]:
+    """The product ranker's training cut-offs, the latest first, every horizon ending by
+    `as_of`."""
+    return training_cutoffs(as_of, horizon_days, PRODUCT_CUTOFFS, CUTOFF_STRIDE_DAYS)
+
+
+def product_example(
+    shop: Shop, cutoff: datetime, horizon_days: int
+) -> tuple[pl.DataFrame, datetime, pl.DataFrame]:
+    """What the ranker learns from at one cut-off (`ProductRanker.fit`): the purchase
+    history up to it, it, and what was bought in the horizon after it."""
+    bought = builders.purchases_between(shop, cutoff, cutoff + timedelta(days=horizon_days))
+    return builders.interactions(shop, cutoff).collect(), cutoff, bought.collect()
+
+
 def product_examples(shop: Shop, as_of: datetime, horizon_days: int):
-    cutoffs = training_cutoffs(as_of, horizon_days, PRODUCT_CUTOFFS, CUTOFF_STRIDE_DAYS)
-    return [
-        (
-            builders.interactions(shop, c).collect(),
-            c,
-            builders.purchases_between(shop, c, c + timedelta(days=horizon_days)).collect(),
-        )
-        for c in cutoffs
-    ]
+    return [product_example(shop, c, horizon_days) for c in product_cutoffs(as_of, horizon_days)]
 
 
 def fit_products(shop: Shop, as_of: datetime, horizon_days: int, **params) -> ProductRanker:

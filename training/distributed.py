@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from operator import attrgetter
 from pathlib import Path
 
@@ -38,10 +38,10 @@ from sendwise.features import builders
 from sendwise.features.engine import dask_client
 from sendwise.features.shop import bucketed_dirs, read_bucket, read_shop
 from sendwise.models.base import ModelFitError, matrix
-from sendwise.models.products import PAIR_FEATURES, Items, ProductRanker
+from sendwise.models.products import NOTHING_BOUGHT, PAIR_FEATURES, Items, ProductRanker
 from sendwise.models.propensity import PurchasePropensity, platt_map
 
-from .backtest import PRODUCT_CUTOFFS, propensity_features
+from .backtest import product_cutoffs, product_example, propensity_features
 from .datasets import CUTOFF_STRIDE_DAYS, TRAINING_CUTOFFS, labelled, training_cutoffs
 
 ORDER = ("cutoff", "customer_id")  # `labelled` sorts by these, the latest cut-off first
@@ -67,6 +67,11 @@ class Examples:
     latest: np.ndarray  # bool: of the latest cut-off, the one the Platt map learns on
     names: list[str]
     kept: pl.DataFrame
+
+    def __sizeof__(self) -> int:
+        """What a worker holds (Dask sizes results by it, to know when to spill)."""
+        arrays = (self.features, self.bought, self.latest)
+        return sum(array.nbytes for array in arrays) + int(self.kept.estimated_size())
 
     def rows(self, which: str) -> tuple[np.ndarray, np.ndarray]:
         """(features, bought) of `all` rows, the `earlier` cut-offs' or the `latest`'s."""
@@ -178,13 +183,17 @@ class PairJob:
 
 
 @dataclass(frozen=True)
-class Pairs:
+class RankerExamples:
     """One bucket's LambdaRank examples for each head: features, bought, group sizes."""
 
     heads: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
 
     def arrays(self, head: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return self.heads[head]
+
+    def __sizeof__(self) -> int:
+        """What a worker holds (Dask sizes results by it, to know when to spill)."""
+        return sum(array.nbytes for arrays in self.heads.values() for array in arrays)
 
     def summary(self) -> dict[str, tuple[int, int]]:
         """Per head, rows and groups: what the client plans the fit from."""
@@ -193,24 +202,23 @@ class Pairs:
         }
 
 
-def bucket_pairs(bucket: Path, job: PairJob) -> Pairs:
+def bucket_pairs(bucket: Path, job: PairJob) -> RankerExamples:
     """The ranker's examples of one bucket's customers: the function each Dask task runs.
     `ProductRanker.fit` learns from the same rows of every bucket together."""
     shop = read_bucket(bucket)
     frames = []
     for cutoff, items in job.items.items():
-        history = builders.interactions(shop, cutoff).collect()
-        if history.is_empty():  # none of this bucket's customers had bought by then
-            continue
-        horizon = cutoff + timedelta(days=job.horizon_days)
-        bought = builders.purchases_between(shop, cutoff, horizon).collect()
-        frames.append(job.ranker.labelled_pairs(history, cutoff, bought, items))
+        history, _, bought = product_example(shop, cutoff, job.horizon_days)
+        if not history.is_empty():  # else none of this bucket's customers had bought yet
+            frames.append(job.ranker.labelled_pairs(history, cutoff, bought, items))
     if not frames:
         width = len(PAIR_FEATURES)
         none = (np.empty((0, width), np.float32), np.empty(0, np.float32), np.empty(0, np.int64))
-        return Pairs(dict.fromkeys(HEADS, none))
+        return RankerExamples(dict.fromkeys(HEADS, none))
     train = ProductRanker.stack(frames)
-    return Pairs({head: job.ranker.teaching(train, new_only=head == "new") for head in HEADS})
+    return RankerExamples(
+        {head: job.ranker.teaching(train, new_only=head == "new") for head in HEADS}
+    )
 
 
 def fit_products_on_dask(
@@ -221,29 +229,34 @@ def fit_products_on_dask(
     from lightgbm.dask import DaskLGBMRanker
 
     buckets = [path.resolve() for path in bucketed_dirs(directory, "--engine dask trains")]
-    cutoffs = training_cutoffs(as_of, horizon_days, PRODUCT_CUTOFFS, CUTOFF_STRIDE_DAYS)
     whole = read_shop(directory, validate=False)
     ranker = ProductRanker(**params)
     items = {
         cutoff: ranker.items(builders.interactions(whole, cutoff).collect(), cutoff)
-        for cutoff in cutoffs
+        for cutoff in product_cutoffs(as_of, horizon_days)
     }
     boosters = []
     with dask_client(scheduler) as client:
         shared = client.scatter(PairJob(ranker, horizon_days, items), broadcast=True)
         parts = client.map(bucket_pairs, buckets, job=shared, pure=False)
-        counts = client.gather(client.map(Pairs.summary, parts, pure=False))
+        counts = client.gather(client.map(RankerExamples.summary, parts, pure=False))
+        held = {  # per head, the parts with a group to learn from, and their sizes
+            head: [
+                (part, count[head])
+                for part, count in zip(parts, counts, strict=True)
+                if count[head][1]
+            ]
+            for head in HEADS
+        }
+        if not all(held.values()):  # before any fit: neither head learns from nothing
+            raise ModelFitError(NOTHING_BOUGHT)
         for head in HEADS:
-            held = [(part, count[head]) for part, count in zip(parts, counts, strict=True)]
-            held = [(part, size) for part, size in held if size[1]]
-            if not held:
-                raise ModelFitError("the product ranker needs candidates that were then bought")
             shapes = [
-                ((rows, len(PAIR_FEATURES)), (rows,), (groups,)) for _, (rows, groups) in held
+                ((rows, len(PAIR_FEATURES)), (rows,), (groups,)) for _, (rows, groups) in held[head]
             ]
             features, bought, groups = on_workers(
-                [part for part, _ in held],
-                Pairs.arrays,
+                [part for part, _ in held[head]],
+                RankerExamples.arrays,
                 (head,),
                 shapes,
                 (np.float32, np.float32, np.int64),
