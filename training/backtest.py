@@ -188,8 +188,8 @@ def popular_lists(
     top: int = 200,
 ) -> pl.DataFrame:
     """Each customer's `n` most popular of the shop's `top` products (`new_only`: of those
-    the customer has not bought). A customer who bought k of them needs only the first n + k,
-    so a million customers make some 20 million candidates, not 200 million."""
+    the customer has not bought). A customer who bought k of them needs only the first n + k
+    as candidates, not all `top` (a cross join of a million customers would be 200 million)."""
     ranked = popularity.head(top).with_row_index("rank")
     owned = pl.lit(0, pl.UInt32)
     if new_only:
