@@ -147,11 +147,8 @@ def fit_propensity_on_dask(
 
         def stacked(which: str):
             """The `which` rows of every part as one Dask array each, part by part."""
-            held = [(part, count[which]) for part, count in zip(parts, counts, strict=True)]
-            shapes = [((rows, len(names)), (rows,)) for _, rows in held if rows]
-            return on_workers(
-                [part for part, rows in held if rows], Examples.rows, (which,), shapes
-            )
+            shapes = [((count[which], len(names)), (count[which],)) for count in counts]
+            return on_workers(parts, shapes, Examples.rows, (which,))
 
         def booster(which: str) -> DaskLGBMRegressor:
             params = on_cluster(model.booster_params())  # the binary objective among them
@@ -240,26 +237,15 @@ def fit_products_on_dask(
         shared = client.scatter(PairJob(ranker, horizon_days, items), broadcast=True)
         parts = client.map(bucket_pairs, buckets, job=shared, pure=False)
         counts = client.gather(client.map(RankerExamples.summary, parts, pure=False))
-        held = {  # per head, the parts with a group to learn from, and their sizes
-            head: [
-                (part, count[head])
-                for part, count in zip(parts, counts, strict=True)
-                if count[head][1]
-            ]
-            for head in HEADS
-        }
-        if not all(held.values()):  # before any fit: neither head learns from nothing
-            raise ModelFitError(NOTHING_BOUGHT)
+        if not all(sum(count[head][1] for count in counts) for head in HEADS):
+            raise ModelFitError(NOTHING_BOUGHT)  # checked before either head is fitted
         for head in HEADS:
             shapes = [
-                ((rows, len(PAIR_FEATURES)), (rows,), (groups,)) for _, (rows, groups) in held[head]
+                ((rows, len(PAIR_FEATURES)), (rows,), (groups,))
+                for rows, groups in (count[head] for count in counts)
             ]
             features, bought, groups = on_workers(
-                [part for part, _ in held[head]],
-                RankerExamples.arrays,
-                (head,),
-                shapes,
-                (np.float32, np.float32, np.int64),
+                parts, shapes, RankerExamples.arrays, (head,), (np.float32, np.float32, np.int64)
             )
             params = on_cluster(ranker.booster_params())
             learner = DaskLGBMRanker(client=client, n_estimators=ranker.n_estimators, **params)
@@ -275,19 +261,22 @@ def on_cluster(params: dict) -> dict:
 
 def on_workers(
     parts: list,
+    shapes: list[tuple[tuple[int, ...], ...]],
     pick: Callable,
     args: tuple,
-    shapes: list[tuple[tuple[int, ...], ...]],
     dtypes: tuple[type, ...] = (np.float32, np.float32),
 ) -> list:
     """The arrays `pick(part, *args)` gives of each part the workers hold, each array
     concatenated over the parts into one Dask array without coming here; `shapes[k]` are
-    part k's arrays' shapes, `dtypes` the arrays' types (by default features and labels)."""
+    part k's arrays' shapes (a part with no rows is left out), `dtypes` the arrays' types (by
+    default features and labels)."""
     import dask.array as da
     from dask import delayed
 
     columns = []
     for part, part_shapes in zip(parts, shapes, strict=True):
+        if not part_shapes[0][0]:
+            continue
         arrays = delayed(pick, nout=len(dtypes))(part, *args)
         columns.append(
             [
