@@ -500,7 +500,7 @@ def _assemble(
                 yield frame
             writer.close()  # the file is whole before the log commits
 
-        decision_log.append_parts(batch_id, as_of, numbered())
+        decision_log.append_parts(batch_id, as_of, numbered(), columnar=True)
     return sent
 
 

@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 import sqlalchemy as sa
 
+from sendwise.errors import SendwiseError
 from sendwise.store.decisions import DecisionLog, log_url
 
 POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
@@ -54,7 +55,7 @@ def log(request, tmp_path, monkeypatch):
     engine = sa.create_engine(url)
     try:
         with engine.begin() as connection:
-            connection.execute(sa.text("DROP TABLE IF EXISTS decisions, batches, sends"))
+            connection.execute(sa.text("DROP TABLE IF EXISTS decisions, batches, sends, segments"))
     except sa.exc.OperationalError as error:
         pytest.fail(f"PostgreSQL at {POSTGRES} is not reachable: {error}")
     engine.dispose()
@@ -160,3 +161,45 @@ def test_a_batch_in_parts_logs_what_one_append_logs_and_is_whole_or_absent(log, 
         log.append_parts("b3", T0, [batch("c1", decision(5, "e")), batch("c1", decision(1, "a"))])
     assert log.batch_sizes() == {"b1": (3, 3)} and log.count() == 3
     assert set(log.sends(None, since, "c2")["customer_id"]) == {"a", "c"}
+
+
+def test_a_scored_batch_kept_as_columnar_segments_reads_back_as_its_rows_would(log, tmp_path):
+    """A scored batch's parts (`columnar`, ids `<batch>-<n>`) are kept as segments, not a
+    row each: `read` and its filters, sizes and sends give what rows give, and a failing
+    part leaves nothing."""
+    rows = batch("c1", decision(0, "a"), decision(1, "b", send=False), decision(2, "c"))
+    rows = rows.with_columns(
+        decision_id=pl.format("b1-{}", pl.int_range(3)),
+        cross_sell=pl.when(pl.col("customer_id") == "c").then(None).otherwise("cross_sell"),
+    )
+    later = batch("c2", decision(3, "a"))
+    plain = DecisionLog(f"sqlite:///{tmp_path / 'plain.db'}")
+    for each, columnar in ((log, True), (plain, False)):
+        each.append_parts("b1", T0, [rows.head(2), rows.tail(1)], columnar=columnar)
+        each.append("b2", T0 + timedelta(days=2), later)
+    with log.engine.connect() as connection:
+        assert connection.execute(sa.text("SELECT count(*) FROM decisions")).scalar() == 1
+    assert log.read().equals(plain.read())
+    assert log.read()["decision_id"].to_list() == ["b1-0", "b1-1", "b1-2", "d3"]
+    for filters in (
+        {"campaign": "c1"},
+        {"campaign": "c2"},
+        {"since": T0 + timedelta(days=1)},
+        {"decision_ids": ["b1-2", "d3", "b1-9", "b2-0"]},
+    ):
+        assert log.read(**filters).equals(plain.read(**filters)), filters
+    assert log.read(decision_ids=["b1-2"])["customer_id"].to_list() == ["c"]
+    assert log.batch_sizes() == plain.batch_sizes() == {"b1": (3, 3), "b2": (1, 1)}
+    assert log.count() == 4
+    since = T0 - timedelta(days=1)
+    assert set(log.sends(None, since, "c3")["customer_id"]) == {"a", "c"}
+
+    def failing():
+        yield rows.with_columns(decision_id=pl.format("b3-{}", pl.int_range(3)))
+        raise RuntimeError("a bucket failed")
+
+    with pytest.raises(RuntimeError):
+        log.append_parts("b3", T0, failing(), columnar=True)
+    with pytest.raises(SendwiseError, match="b4-<n>"):
+        log.append_parts("b4", T0, [rows], columnar=True)
+    assert log.batch_sizes() == {"b1": (3, 3), "b2": (1, 1)} and log.count() == 4
