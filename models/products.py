@@ -52,6 +52,7 @@ BM25_K1, BM25_B = 100, 0.8
 # is dense (8,000 products: 256 MB a copy, about 8 s on one core)
 CO_PURCHASE_PRODUCTS = 8_000
 DENSE_CELLS = 3_000_000  # customers x products scored at once (see `_chunks`)
+ALS_REGULARIZATION = 0.01  # the fit's and the fold-in's
 NOTHING_BOUGHT = "the product ranker needs candidates that were then bought"
 
 ITEM_FEATURES = [
@@ -300,6 +301,50 @@ def _co_purchase(bought: sp.csr_matrix, l2: float, k: int) -> sp.csr_matrix:
     return sp.csr_matrix((into[to, source], (kept[source], kept[to])), shape=(n, n))
 
 
+def fold_in(weighted: sp.csr_matrix, item_factors: np.ndarray, regularization: float) -> np.ndarray:
+    """Each customer's (row's) ALS factors against fixed item factors Y: the least squares
+    implicit's `recalculate_user` solves, (YᵀY + λI + Y_uᵀ(C_u - I)Y_u) x = Y_uᵀc_u, for the
+    confidences c_u of the customer's n products, by the Woodbury identity. With B = YᵀY + λI
+    and Z = YB⁻¹ shared, x = Z_uᵀw where (I + (C_u - I)Y_uZ_uᵀ)w = c_u: an n x n system, not
+    a factors x factors one, so a bucket of the 1M bench shop (eight products a customer)
+    folds in in 0.2 s, not 0.53 s. A customer with more products than factors solves the
+    factors' own system. Each customer's answer is its own, whatever the others in the call:
+    a bucket's customers get what the whole shop's would."""
+    factors = item_factors.astype(np.float64)
+    width = factors.shape[1]
+    shared = factors.T @ factors + regularization * np.eye(width)
+    solved = factors @ np.linalg.inv(shared)
+    users = np.zeros((weighted.shape[0], width), np.float32)
+    sizes = np.diff(weighted.indptr)
+
+    def solve(rows: np.ndarray) -> None:
+        """Customers of one size n at a time: their systems side by side."""
+        order = rows[np.argsort(sizes[rows], kind="stable")]
+        ends = np.flatnonzero(np.diff(sizes[order])) + 1
+        for same in np.split(order, ends):
+            n = sizes[same[0]] if len(same) else 0
+            if n == 0:
+                continue
+            at = weighted.indptr[same][:, None] + np.arange(n)
+            items, c = weighted.indices[at], weighted.data[at].astype(np.float64)
+            y = factors[items]
+            if n > width:
+                system = shared + np.einsum("uni,un,unj->uij", y, c - 1, y)
+                aims = np.einsum("uni,un->ui", y, c)[..., None]
+                users[same] = np.linalg.solve(system, aims)[..., 0]
+                continue
+            z = solved[items]
+            system = (y @ z.transpose(0, 2, 1)) * (c - 1)[..., None]
+            system[:, np.arange(n), np.arange(n)] += 1.0
+            w = np.linalg.solve(system, c[..., None])
+            users[same] = (w.transpose(0, 2, 1) @ z)[:, 0]
+
+    halves = np.array_split(np.arange(weighted.shape[0]), THREADS)
+    with ThreadPoolExecutor(THREADS) as pool:
+        list(pool.map(solve, halves))
+    return users
+
+
 @dataclass
 class _Pairs:
     """Candidate (customer, product) pairs by code, with features in PAIR_FEATURES order."""
@@ -499,7 +544,7 @@ class ProductRanker(Settings):
         return AlternatingLeastSquares(
             factors=self.als_factors,
             iterations=15,
-            regularization=0.01,
+            regularization=ALS_REGULARIZATION,
             random_state=self.random_state,
             num_threads=THREADS,
         )
@@ -510,14 +555,8 @@ class ProductRanker(Settings):
         whatever the chunk, so parts of a shop get what the whole would)."""
         if len(shop.customers):
             return shop.user_factors[_codes(shop.customers, customers)]
-        als = self._als_model()
-        als.item_factors = shop.item_factors
         weighted = _bm25(counts, shop.idf, shop.average_length)
-        users = np.empty((len(customers), self.als_factors), np.float32)
-        for start in range(0, len(customers), self.chunk_size):
-            rows = np.arange(start, min(start + self.chunk_size, len(customers)))
-            users[rows] = als.recalculate_user(rows, weighted[rows])
-        return users
+        return fold_in(weighted, shop.item_factors, ALS_REGULARIZATION)
 
     def _pairs(self, context: _Context, start: int, stop: int) -> _Pairs:
         """Candidate pairs, with their features, for the customers at codes [start, stop).

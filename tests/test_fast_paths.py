@@ -109,6 +109,29 @@ def test_dense_product_rows_are_scipys_sums():
     assert products._dense_product(query, 0, 500, arrays, 300).any()
 
 
+@pytest.mark.parametrize("factors", [16, 3])  # 3: most customers hold more products
+def test_fold_in_solves_the_least_squares_implicit_solves(factors):
+    """The Woodbury fold-in gives each customer the factors implicit's Cholesky solve gives,
+    and a part of the customers what the whole gives them."""
+    from implicit.cpu.als import AlternatingLeastSquares
+
+    rng = np.random.default_rng(0)
+    weighted = sp.random(
+        400, 60, density=0.1, format="csr", random_state=1, dtype=np.float32
+    ) * np.float32(5)
+    weighted.data += 0.1  # confidences below and above one
+    items = rng.normal(0, 0.3, (60, factors)).astype(np.float32)
+    als = AlternatingLeastSquares(factors=factors, regularization=products.ALS_REGULARIZATION)
+    als.item_factors = items
+    expected = als.recalculate_user(np.arange(400), weighted)
+    got = products.fold_in(weighted, items, products.ALS_REGULARIZATION)
+    assert np.abs(expected).max() > 0.1
+    np.testing.assert_allclose(got, expected, atol=2e-5)
+    part = products.fold_in(weighted[100:250], items, products.ALS_REGULARIZATION)
+    assert np.array_equal(part, got[100:250])
+    assert not got[np.diff(weighted.indptr) == 0].any()  # no products: no factors
+
+
 def test_kernels_refuse_arrays_that_do_not_fit_what_they_are_told():
     scores = np.zeros((4, 10), np.float32)
     with pytest.raises(ValueError, match="mark holds 20 bytes, not 40"):
