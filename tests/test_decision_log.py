@@ -189,6 +189,8 @@ def test_a_scored_batch_kept_as_columnar_segments_reads_back_as_its_rows_would(l
     ):
         assert log.read(**filters).equals(plain.read(**filters)), filters
     assert log.read(decision_ids=["b1-2"])["customer_id"].to_list() == ["c"]
+    many = ["b1-2"] * 300 + ["b1-0"] * 300  # two statements' worth, one batch: read once
+    assert log.read(decision_ids=many)["decision_id"].to_list() == ["b1-0", "b1-2"]
     assert log.batch_sizes() == plain.batch_sizes() == {"b1": (3, 3), "b2": (1, 1)}
     assert log.count() == 4
     since = T0 - timedelta(days=1)
