@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from functools import cached_property, lru_cache
+from functools import lru_cache
 from typing import Annotated
 
 import numpy as np
@@ -252,10 +252,6 @@ class Batch:
     def __len__(self) -> int:
         return len(self.known)
 
-    @cached_property
-    def id_list(self) -> list[str]:
-        return self.ids.to_list()
-
 
 def decide(
     snapshot: Snapshot,
@@ -344,7 +340,7 @@ def _first(*cases: tuple[np.ndarray, str]) -> np.ndarray:
 def draw_holdouts(batch: Batch, snapshot: Snapshot, context: Context, settings: Settings) -> None:
     """Global, then campaign or trigger, then one feature holdout; `probability` so far."""
     shares = settings.holdouts
-    ids = batch.id_list
+    ids = batch.ids
     eligible = batch.send & (not context.transactional)
     group, group_share, group_salt = (
         ("trigger", settings.trigger_holdout(context.trigger), f"{context.trigger}:trigger")
@@ -486,7 +482,7 @@ def _model_offers(
         offered = np.array([k == 0 or a in candidates for k, a in enumerate(arms)])
         values = np.where(offered, values, -np.inf)
     policy = settings.offers.policy(context.campaign)
-    choice = policy.choose(values, cost, batch.id_list, list(arms))
+    choice = policy.choose(values, cost, batch.ids, list(arms))
     held = batch.holdout_kind == "offer"
     chosen = np.where(held, 0, choice.chosen)
     reason = np.where(

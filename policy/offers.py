@@ -23,6 +23,7 @@ the holdout go on, so the next campaign can prove more, except for an arm shown 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from statistics import NormalDist
 
@@ -161,7 +162,7 @@ class OfferPolicy:
         return chosen
 
     def choose(
-        self, values: np.ndarray, cost: np.ndarray, ids: list[str], arms: list[str]
+        self, values: np.ndarray, cost: np.ndarray, ids: Sequence[str] | pl.Series, arms: list[str]
     ) -> OfferChoice:
         """The policy's arm per row, then the holdout and exploration draws (salted by
         campaign); `values` of arms not on offer are -inf (control, column 0, always is)."""

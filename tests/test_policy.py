@@ -3,7 +3,9 @@ send times, duplicates, cold start, and each configuration section changing deci
 
 from __future__ import annotations
 
+import hashlib
 import json
+import string
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -13,8 +15,10 @@ import pytest
 from pydantic import ValidationError
 
 from sendwise.errors import SendwiseError
+from sendwise.policy import _randomise
 from sendwise.policy.config import Settings, load_settings, to_toml
 from sendwise.policy.decide import SNAPSHOT_SCHEMA, Context, Snapshot, decide, quiet_hours
+from sendwise.policy.randomise import uniform
 from sendwise.serving.decide import DecideRequest
 from sendwise.store.decisions import DecisionLog
 from sendwise.store.sends import RedisSends
@@ -448,3 +452,41 @@ def test_the_api_answer_written_by_polars_is_what_pydantic_would_write():
     ]
     assert answer["decisions"] == expected
     assert any(d["send_at"] for d in expected) and any(d["send_at"] is None for d in expected)
+
+
+def _hashlib_draws(ids: list, salt: str) -> np.ndarray:
+    """The draws as documented: BLAKE2b-64 of salt, NUL and the id, big-endian over 2^64."""
+    prefix = salt.encode() + b"\x00"
+    digests = b"".join(
+        hashlib.blake2b(prefix + str(i).encode(), digest_size=8).digest() for i in ids
+    )
+    return np.frombuffer(digests, dtype=">u8") / 2**64
+
+
+def test_uniform_draws_are_hashlibs_blake2b_of_salt_and_id_bit_for_bit():
+    """Holdouts must not move between versions: the compiled draws are hashlib's, for ids of
+    every length around BLAKE2b's 128-byte blocks, non-ASCII text, ids that are not text,
+    and a slice of a column (an Arrow offset)."""
+    rng = np.random.default_rng(3)
+    alphabet = list(string.printable + "éüß漢字🙂")
+    ids = ["", "C0000001", *("x" * n for n in (118, 119, 127, 128, 129, 255, 256, 257, 600))]
+    ids += ["".join(rng.choice(alphabet, rng.integers(0, 200))) for _ in range(2000)]
+    for salt in ("", "global-holdout", "spring:offer-arm", "ü" * 130):
+        expected = _hashlib_draws(ids, salt)
+        assert np.array_equal(uniform(ids, salt), expected)
+        assert np.array_equal(uniform(pl.Series(ids), salt), expected)
+        assert np.array_equal(uniform(pl.Series(ids)[7:], salt), expected[7:])
+    assert np.array_equal(uniform([17, 4.5], "s"), _hashlib_draws([17, 4.5], "s"))
+    assert np.array_equal(uniform(pl.Series(["a", None]), "s"), _hashlib_draws(["a", None], "s"))
+    assert uniform([], "s").shape == (0,)
+
+
+def test_compiled_draws_refuse_offsets_that_do_not_fit_their_text():
+    out = np.zeros(2)
+    with pytest.raises(ValueError, match="do not fit"):
+        _randomise.draws(b"s", b"abc", np.array([0, 2, 9], np.int64), 2, out)  # past the text
+    with pytest.raises(ValueError, match="do not fit"):
+        _randomise.draws(b"s", b"abc", np.array([0, 2, 1], np.int64), 2, out)  # falling
+    with pytest.raises(ValueError, match="do not fit"):
+        _randomise.draws(b"s", b"abc", np.array([0, 1, 2], np.int64), 3, out)  # too few
+    assert not out.any()
