@@ -51,8 +51,11 @@ def run_buckets(
     engine: Engine | str = Engine.local,
     scheduler: str | None = None,
     progress: Progress | None = None,
+    then: Callable[[Output], None] | None = None,
 ) -> list[Output]:
-    """`function(bucket, context)` for every bucket, on `engine`; outputs in bucket order."""
+    """`function(bucket, context)` for every bucket, on `engine`; outputs in bucket order.
+    `then` is handed each output in bucket order as soon as it and those before it are in
+    (a caller can work on the first buckets' outputs while later ones run)."""
     engine = Engine(engine)
     tick = progress or (lambda _: None)
     if engine is Engine.local:
@@ -60,9 +63,11 @@ def run_buckets(
         for bucket in buckets:
             outputs.append(function(bucket, context))
             tick(1)
+            if then is not None:
+                then(outputs[-1])
         return outputs
     paths = [Path(bucket).resolve() for bucket in buckets]
-    return run_on_dask(function, paths, context, scheduler, tick)
+    return run_on_dask(function, paths, context, scheduler, tick, then)
 
 
 def run_on_dask(
@@ -71,18 +76,29 @@ def run_on_dask(
     context: Context,
     scheduler: str | None = None,
     progress: Progress | None = None,
+    then: Callable[[Output], None] | None = None,
 ) -> list[Output]:
     """`function(item, context)` as one Dask task per item, the context sent once to every
-    worker; outputs in item order, the first task's error raised as soon as it comes."""
+    worker; outputs in item order, the first task's error raised as soon as it comes; `then`
+    as `run_buckets` has it."""
     from distributed import as_completed
 
     tick = progress or (lambda _: None)
     with dask_client(scheduler) as client:
         shared = client.scatter(context, broadcast=True)
         futures = client.map(_call, list(items), function=function, context=shared, pure=False)
+        place = {future.key: k for k, future in enumerate(futures)}
+        waiting: dict[int, Output] = {}  # in, but not yet handed to `then`
+        handed = 0
         for future in as_completed(futures):
-            future.result()
+            output = future.result()
             tick(1)
+            if then is None:
+                continue
+            waiting[place[future.key]] = output
+            while handed in waiting:
+                then(waiting.pop(handed))
+                handed += 1
         return client.gather(futures)
 
 

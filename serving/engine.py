@@ -18,7 +18,8 @@ import logging
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -37,7 +38,7 @@ from sendwise.models.uplift import OfferModel
 from sendwise.policy.config import Settings
 from sendwise.policy.decide import SNAPSHOT_SCHEMA, Context, Snapshot, decide
 from sendwise.store import registry
-from sendwise.store.decisions import DecisionLog
+from sendwise.store.decisions import DecisionLog, Segment
 from sendwise.store.files import PartWriter, atomic_path, frame_path
 from sendwise.store.sends import SendHistory, send_history
 from sendwise.store.settings import home
@@ -435,9 +436,10 @@ def export_batch(
     """Batch decisions written to `out` and appended to the decision log, both or neither.
 
     A bucketed shop is scored bucket by bucket on `engine` (a plain one as one part), each
-    bucket's decisions written to a staging directory beside `out` as it finishes; then the
-    parts are streamed, numbered in order, into the staged file and the log (one
-    transaction), and only then is the file put in place. Memory holds one part at a time.
+    bucket's decisions written to a staging directory beside `out` as it finishes and then,
+    in the background while later buckets are scored, numbered in order into the staged
+    file and encoded for the log (`_Assembly`); the log takes every part in one
+    transaction, and only then is the file put in place.
     """
     out = frame_path(out)
     decision_log = decision_log or DecisionLog()
@@ -458,13 +460,17 @@ def export_batch(
                 "[offers] max_share and budget hold over the whole batch: score this shop "
                 "unpartitioned (bucket by bucket they would hold per bucket)"
             )
-        if buckets:
-            parts = run_buckets(score_bucket, buckets, job, engine, scheduler, progress)
-        else:
-            parts = [write_part(decide_part(champions, shop, job), job, "whole")]
-            if progress is not None:
-                progress(1)
-        sent = _assemble(parts, out, decision_log, batch_id, as_of)
+        with _Assembly(out, batch_id, as_of) as assembly:
+            if buckets:
+                parts = run_buckets(
+                    score_bucket, buckets, job, engine, scheduler, progress, assembly.add
+                )
+            else:
+                parts = [write_part(decide_part(champions, shop, job), job, "whole")]
+                assembly.add(parts[0])
+                if progress is not None:
+                    progress(1)
+            sent = assembly.log(decision_log)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     history.record_sends(sent, as_of, campaign)
@@ -476,32 +482,52 @@ def export_batch(
     )
 
 
-def _assemble(
-    parts: list[Part], out: Path, decision_log: DecisionLog, batch_id: str, as_of: datetime
-) -> list[str]:
-    """The parts, numbered in order, into the staged `out` and the log as one batch; `out`
-    is put in place once the log has them. Returns who was sent a message."""
-    sent: list[str] = []
-    with atomic_path(out) as target, PartWriter(target, out.suffix) as writer:
+class _Assembly:
+    """A batch's parts, numbered in bucket order, into its file and its log segments: each
+    part as its bucket finishes, in a background thread, so all but the last are written
+    and encoded while later buckets are scored. The log takes them in one transaction
+    (`log`), and the file is put in place once it has them; until then a failure leaves
+    neither. Memory holds the encoded segments (46 MB for the 1M bench shop) and one part."""
 
-        def numbered() -> Iterator[pl.DataFrame]:
-            offset = 0
-            for part in parts:
-                if part.path is None:
-                    continue
-                frame = pl.read_parquet(part.path).with_columns(
-                    decision_id=pl.format(
-                        "{}-{}", pl.lit(batch_id), pl.int_range(offset, offset + part.rows)
-                    )
-                )
-                offset += part.rows
-                writer.write(frame)
-                sent.extend(frame.filter("send")["customer_id"].to_list())
-                yield frame
-            writer.close()  # the file is whole before the log commits
+    def __init__(self, out: Path, batch_id: str, as_of: datetime):
+        self.batch_id, self.as_of = batch_id, as_of
+        self._stack = ExitStack()
+        target = self._stack.enter_context(atomic_path(out))
+        self._writer = self._stack.enter_context(PartWriter(target, out.suffix))
+        self._background = self._stack.enter_context(
+            ThreadPoolExecutor(1, thread_name_prefix="sendwise-assembly")
+        )
+        self._segments: list[Future[Segment]] = []
+        self._rows = 0
 
-        decision_log.append_parts(batch_id, as_of, numbered(), columnar=True)
-    return sent
+    def __enter__(self) -> _Assembly:
+        return self
+
+    def __exit__(self, *error: object) -> None:
+        self._stack.__exit__(*error)
+
+    def add(self, part: Part) -> None:
+        """The next part of the batch (in bucket order)."""
+        if part.path is None:
+            return
+        first, self._rows = self._rows, self._rows + part.rows
+        self._segments.append(self._background.submit(self._encode, part, first))
+
+    def _encode(self, part: Part, first: int) -> Segment:
+        frame = pl.read_parquet(part.path).with_columns(
+            decision_id=pl.format(
+                "{}-{}", pl.lit(self.batch_id), pl.int_range(first, first + part.rows)
+            )
+        )
+        self._writer.write(frame)
+        return DecisionLog.segment(frame, self.batch_id, self.as_of)
+
+    def log(self, decision_log: DecisionLog) -> list[str]:
+        """Every part into the log as one batch, once the file is whole; who was sent one."""
+        segments = [segment.result() for segment in self._segments]
+        self._writer.close()
+        decision_log.append_parts(self.batch_id, self.as_of, segments, columnar=True)
+        return [customer for segment in segments for customer in segment.sent.to_list()]
 
 
 def export_decisions(

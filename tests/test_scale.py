@@ -5,6 +5,7 @@ and the same decisions, each batch logged whole."""
 from __future__ import annotations
 
 import shutil
+import time
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -227,6 +228,23 @@ def test_the_fallback_time_zone_is_the_whole_shops(tmp_path):
     row = bucketed.filter(pl.col("customer_id") == nowhere)
     assert row["timezone"].item() == "Europe/Berlin"
     assert row["peak_local_hour"].item() == 0  # 23:30 UTC is 00:30 in Berlin in March
+
+
+def _name_after(bucket: Path, delays: dict[str, float]) -> str:
+    """A bucket's name, after its delay: bucket 00000 finishes last on a cluster."""
+    time.sleep(delays.get(bucket.name, 0.0))
+    return bucket.name
+
+
+def test_outputs_are_handed_on_in_bucket_order_however_they_finish(bucketed, scheduler):
+    buckets = bucket_dirs(bucketed)
+    names = [b.name for b in buckets]
+    for engine in ("local", "dask"):
+        handed: list[str] = []
+        outputs = run_buckets(
+            _name_after, buckets, {"00000": 1.5}, engine, scheduler, then=handed.append
+        )
+        assert outputs == handed == names, engine
 
 
 def test_an_empty_bucket_gives_no_rows_of_the_same_shape(tmp_path):
