@@ -81,6 +81,14 @@ def trend_and_season(as_of: datetime) -> list[pl.Expr]:
     ]
 
 
+def settled_sum(values: pl.Expr) -> pl.Expr:
+    """A group's sum, the same to the last bit however its rows arrive: added in value order.
+    A group-by hands rows over in whatever order its threads meet them, and a plain sum of
+    a customer's return lines differed in its last bits between builds (201 of 59,894
+    customers of a bench bucket). `sort().sum()` would be optimised back to `sum()`."""
+    return values.sort().cum_sum().last().fill_null(0.0)
+
+
 def breadth_and_returns() -> list[pl.Expr]:
     """On order lines: product and category breadth of purchases, and returns."""
     bought = pl.col("quantity") > 0
@@ -93,7 +101,7 @@ def breadth_and_returns() -> list[pl.Expr]:
         returned.sum().alias("return_lines"),
         returned_units.alias("returned_units"),
         (returned_units / units).alias("return_rate"),
-        line_value().filter(returned).sum().abs().alias("returned_value"),
+        settled_sum(line_value().filter(returned)).abs().alias("returned_value"),
     ]
 
 

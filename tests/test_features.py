@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import numpy as np
 import polars as pl
 import pytest
 from future import future_rows
@@ -11,6 +12,7 @@ from polars.testing import assert_frame_equal
 
 from sendwise.features import builders
 from sendwise.features.clock import parse_as_of
+from sendwise.features.expressions import settled_sum
 from sendwise.features.shop import read_shop, write_shop
 
 AS_OF = datetime(2024, 7, 1, 0, 0, tzinfo=UTC)
@@ -161,3 +163,26 @@ def test_future_rows_change_nothing_on_online_retail(online_retail_import, tmp_p
         online_retail_import[0], parse_as_of("2011-09-09"), tmp_path
     )
     assert len(features) == 3_370
+
+
+def test_a_settled_sum_has_the_same_bits_however_the_rows_arrive():
+    """Rows whose float sum depends on the order they are added in (as a group-by's threads
+    hand them over): the plain sum varies, the settled one does not."""
+    rng = np.random.default_rng(5)
+    values = [0.1, 0.2, 0.3, 1e16, -1e16, 7.7, 1 / 3]
+    frame = pl.DataFrame({"customer_id": ["a"] * len(values) + ["b"], "v": [*values, 2.5]})
+    plain, settled = set(), set()
+    for _ in range(40):
+        shuffled = frame[rng.permutation(len(frame))]
+        sums = shuffled.group_by("customer_id").agg(
+            plain=pl.col("v").sum(), settled=settled_sum(pl.col("v"))
+        )
+        row = sums.filter(pl.col("customer_id") == "a").row(0, named=True)
+        plain.add(row["plain"])
+        settled.add(row["settled"])
+    assert len(plain) > 1  # the order matters to a plain sum of these
+    assert len(settled) == 1
+    empty = frame.group_by("customer_id").agg(
+        settled_sum(pl.col("v").filter(pl.col("v").is_between(5, 10)))
+    )
+    assert empty.sort("customer_id")["v"].to_list() == [7.7, 0.0]
