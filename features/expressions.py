@@ -171,23 +171,3 @@ def email_engagement(as_of: datetime) -> list[pl.Expr]:
         ),
         days_since_last("click", as_of).alias("days_since_click"),
     ]
-
-
-def hour_profile() -> list[pl.Expr]:
-    """On per-customer slot counts (`local_hour`, `local_weekday`, `n`): activity by local hour
-    of day (24) and day of week (7), and the busiest hour of the week (ties: the earliest)."""
-    n = pl.col("n")
-    hour_of_week = pl.col("local_weekday").cast(pl.Int32) * 24 + pl.col("local_hour").cast(pl.Int32)
-    return [
-        *[n.filter(pl.col("local_hour") == h).sum().alias(f"hod_{h:02d}") for h in range(24)],
-        *[n.filter(pl.col("local_weekday") == d).sum().alias(f"dow_{d}") for d in range(7)],
-        n.sum().alias("activity_total"),
-        hour_of_week.filter(n == n.max()).min().alias("peak_hour_of_week"),
-    ]
-
-
-def peak_local_hour() -> pl.Expr:
-    """The busiest local hour of day (ties: the earliest), from the `hod_XX` counts."""
-    return (
-        pl.concat_list([f"hod_{h:02d}" for h in range(24)]).list.arg_max().alias("peak_local_hour")
-    )

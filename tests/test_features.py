@@ -186,3 +186,27 @@ def test_a_settled_sum_has_the_same_bits_however_the_rows_arrive():
         settled_sum(pl.col("v").filter(pl.col("v").is_between(5, 10)))
     )
     assert empty.sort("customer_id")["v"].to_list() == [7.7, 0.0]
+
+
+def test_the_hour_profile_counts_each_slot_and_gives_ties_to_the_earliest():
+    """Local hours and weekdays as `activity_hours` gives them: counts by hour of day and
+    day of week, the total, and both peaks, ties going to the earliest hour of the week."""
+    slots = [  # (customer, weekday, hour)
+        ("a", 2, 9), ("a", 2, 9), ("a", 0, 21), ("a", 0, 21), ("a", 4, 9),
+        ("b", 6, 23), ("b", 1, 5),
+        ("c", None, None),  # no local time: not counted
+    ]  # fmt: skip
+    hours = pl.DataFrame(
+        slots,
+        schema={"customer_id": pl.String, "local_weekday": pl.Int8, "local_hour": pl.Int8},
+        orient="row",
+    )
+    profile = builders.hour_profile(hours.lazy()).collect().sort("customer_id")
+    assert profile.schema == pl.Schema(builders.PROFILE_SCHEMA)
+    a, b = profile.rows(named=True)
+    assert (a["hod_09"], a["hod_21"], a["activity_total"]) == (3, 2, 5)
+    assert (a["dow_0"], a["dow_2"], a["dow_4"], a["dow_1"]) == (2, 2, 1, 0)
+    assert a["peak_hour_of_week"] == 21  # Monday 21:00 (2) ties Wednesday 09:00 (2)
+    assert a["peak_local_hour"] == 9
+    assert (b["peak_hour_of_week"], b["peak_local_hour"]) == (24 + 5, 5)
+    assert builders.hour_profile(hours.head(0).lazy()).collect().is_empty()
