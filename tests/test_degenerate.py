@@ -156,3 +156,16 @@ def test_top_reasons_cannot_cast_object_type_when_the_first_row_has_no_reason():
     assert column[0] is None and column[-1] == "x"
     assert 0 < column.null_count() < len(column)
     assert reasons.tolist()[0] is None and reasons.tolist()[-1] == "x"
+
+
+def test_the_first_reason_is_the_same_asked_alone_or_with_others():
+    """`top_reasons` answers k = 1 by the largest contribution, k > 1 by a sort: the first
+    reason and its mask agree, and a feature that raises no one's score is never a reason."""
+    rng = np.random.default_rng(1)
+    X = pl.DataFrame({"a": rng.uniform(size=600), "b": rng.uniform(size=600), "c": 0.0})
+    y = ((X["a"] + 0.5 * X["b"]).to_numpy() > 0.8).astype(float)
+    model = PurchasePropensity(n_estimators=20, min_child_samples=10).fit(X, y)
+    alone, among = model.top_reasons(X, k=1), model.top_reasons(X, k=3)
+    assert alone[:, 0].tolist() == among[:, 0].tolist()
+    assert set(alone[:, 0].compressed()) == {"a", "b"}
+    assert "c" not in among.compressed()
