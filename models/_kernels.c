@@ -13,6 +13,7 @@
 
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 /* The k-th largest of a[0..n) (1 <= k <= n), reordering a: Wirth's selection. */
 static float kth_largest(float *a, Py_ssize_t n, Py_ssize_t k)
@@ -371,7 +372,79 @@ static PyObject *sort_within(PyObject *self, PyObject *args)
     return result;
 }
 
+#define DOT_ROWS 4    /* rows of `a` per block */
+typedef float floats8 __attribute__((vector_size(32))); /* GCC and Clang, any CPU */
+#define DOT_COLUMNS 16 /* columns of `bt` per block */
+
+/* `dot_rows`' blocks: each entry's products added from k = 0 up, a multiplication then an
+ * addition (never fused), so the AVX2 build's bits are the plain one's. */
+#if defined(__GNUC__) && defined(__x86_64__)
+__attribute__((target_clones("avx2", "default")))
+#endif
+static void dot_blocks(const float *a, const float *bt, Py_ssize_t rows, Py_ssize_t depth,
+                       Py_ssize_t columns, Py_ssize_t width, float *out)
+{
+    for (Py_ssize_t i = 0; i < rows; i += DOT_ROWS)
+        for (Py_ssize_t j = 0; j < columns; j += DOT_COLUMNS) {
+            floats8 sums[DOT_ROWS][2] = {{{0}}};
+            for (Py_ssize_t k = 0; k < depth; k++) {
+                floats8 left, right;
+                const float *panel = bt + j * depth + k * DOT_COLUMNS;
+                memcpy(&left, panel, sizeof left);
+                memcpy(&right, panel + 8, sizeof right);
+                for (int r = 0; r < DOT_ROWS; r++) {
+                    const float w = a[(i + r) * depth + k];
+                    const floats8 spread = {w, w, w, w, w, w, w, w};
+                    sums[r][0] += spread * left;
+                    sums[r][1] += spread * right;
+                }
+            }
+            Py_ssize_t kept = width - j < DOT_COLUMNS ? width - j : DOT_COLUMNS;
+            for (int r = 0; r < DOT_ROWS; r++)
+                memcpy(out + (i + r) * width + j, sums[r], sizeof(float) * kept);
+        }
+}
+
+/* dot_rows(a, bt, rows, depth, columns, width, out): out = a @ b, float32, C order; `a` is
+ * rows x depth, `bt` is b (depth x columns) packed as `columns / DOT_COLUMNS` panels, each
+ * depth x DOT_COLUMNS, C order, and `out` rows x width, b's first `width` columns. `rows`
+ * is a multiple of DOT_ROWS and `columns` of DOT_COLUMNS (the caller pads). Every entry is added by the one block of
+ * `dot_blocks`, so its bits depend on its row and column alone: BLAS kernels add in an order
+ * that depends on where an entry falls in their tiles (OpenBLAS 0.3.31 on AMD EPYC: by the
+ * row's place modulo 12), and a customer's ALS scores differed in the last bits between a
+ * bucket and the whole shop. About 1.4 times BLAS's time (20 ms against 14.7 ms for 500
+ * customers x 5,976 products x 64 factors). */
+static PyObject *dot_rows(PyObject *self, PyObject *args)
+{
+    Py_buffer b[3]; /* a, bt, out */
+    Py_ssize_t rows, depth, columns, width;
+    if (!PyArg_ParseTuple(args, "y*y*nnnnw*", &b[0], &b[1], &rows, &depth, &columns, &width,
+                          &b[2]))
+        return NULL;
+    const Py_ssize_t bytes[3] = {times(times(rows, depth), sizeof(float)),
+                                 times(times(depth, columns), sizeof(float)),
+                                 times(times(rows, width), sizeof(float))};
+    const char *const names[3] = {"a", "bt", "out"};
+    PyObject *result = NULL;
+    if (rows % DOT_ROWS || columns % DOT_COLUMNS || width < 0 || width > columns) {
+        PyErr_SetString(PyExc_ValueError,
+                        "rows and columns must be padded to whole blocks, width within them");
+    } else if (sized(b, bytes, names, 3)) {
+        const float *a = b[0].buf, *bt = b[1].buf;
+        float *out = b[2].buf;
+        Py_BEGIN_ALLOW_THREADS
+        dot_blocks(a, bt, rows, depth, columns, width, out);
+        Py_END_ALLOW_THREADS
+        result = Py_None;
+        Py_INCREF(result);
+    }
+    release(b, 3);
+    return result;
+}
+
 static PyMethodDef methods[] = {
+    {"dot_rows", dot_rows, METH_VARARGS,
+     "dot_rows(a, bt, rows, depth, columns, width, out): a @ b, each entry added in one order."},
     {"mark_top", mark_top, METH_VARARGS,
      "mark_top(scores, rows, width, k, positive, exact, mark): mark each row's k largest."},
     {"sparse_product_rows", sparse_product_rows, METH_VARARGS,

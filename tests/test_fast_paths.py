@@ -109,6 +109,23 @@ def test_dense_product_rows_are_scipys_sums():
     assert products._dense_product(query, 0, 500, arrays, 300).any()
 
 
+def test_als_scores_are_the_same_bits_in_any_chunk_and_blas_figures():
+    """A customer's scores against every product depend on that customer alone, not on
+    the chunk they are scored in or their place in it (BLAS kernels add in an order set by
+    an entry's place in their tiles), and they are the product BLAS computes."""
+    users = RNG.normal(0, 1, (203, 64)).astype(np.float32)
+    items = RNG.normal(0, 1, (1_001, 64)).astype(np.float32)
+    panels = products._panels(items)
+    whole = products._dot_rows(users, panels, len(items))
+    assert whole.shape == (203, 1_001) and whole.flags.c_contiguous
+    np.testing.assert_allclose(whole, users @ items.T, rtol=1e-5, atol=1e-4)
+    for rows in ([5], [202, 0, 17], RNG.permutation(203)[:77]):
+        assert np.array_equal(products._dot_rows(users[rows], panels, len(items)), whole[rows])
+    assert products._dot_rows(users[:0], panels, len(items)).shape == (0, 1_001)
+    with pytest.raises(ValueError, match="padded to whole blocks"):
+        _kernels.dot_rows(users, panels, 203, 64, 1_008, 1_001, np.zeros((203, 1_001), np.float32))
+
+
 @pytest.mark.parametrize("factors", [16, 3])  # 3: most customers hold more products
 def test_fold_in_solves_the_least_squares_implicit_solves(factors):
     """The Woodbury fold-in gives each customer the factors implicit's Cholesky solve gives,
