@@ -372,9 +372,9 @@ static PyObject *sort_within(PyObject *self, PyObject *args)
     return result;
 }
 
-#define DOT_ROWS 4    /* rows of `a` per block */
-typedef float floats8 __attribute__((vector_size(32))); /* GCC and Clang, any CPU */
+#define DOT_ROWS 4     /* rows of `a` per block */
 #define DOT_COLUMNS 16 /* columns of `bt` per block */
+typedef float floats8 __attribute__((vector_size(32))); /* GCC and Clang, any CPU */
 
 /* `dot_rows`' blocks: each entry's products added from k = 0 up, a multiplication then an
  * addition (never fused), so the AVX2 build's bits are the plain one's. */
@@ -407,13 +407,13 @@ static void dot_blocks(const float *a, const float *bt, Py_ssize_t rows, Py_ssiz
 
 /* dot_rows(a, bt, rows, depth, columns, width, out): out = a @ b, float32, C order; `a` is
  * rows x depth, `bt` is b (depth x columns) packed as `columns / DOT_COLUMNS` panels, each
- * depth x DOT_COLUMNS, C order, and `out` rows x width, b's first `width` columns. `rows`
- * is a multiple of DOT_ROWS and `columns` of DOT_COLUMNS (the caller pads). Every entry is added by the one block of
- * `dot_blocks`, so its bits depend on its row and column alone: BLAS kernels add in an order
- * that depends on where an entry falls in their tiles (OpenBLAS 0.3.31 on AMD EPYC: by the
- * row's place modulo 12), and a customer's ALS scores differed in the last bits between a
- * bucket and the whole shop. About 1.4 times BLAS's time (20 ms against 14.7 ms for 500
- * customers x 5,976 products x 64 factors). */
+ * depth x DOT_COLUMNS, C order, and `out` rows x width, b's first `width` columns. `rows` is a
+ * multiple of DOT_ROWS and `columns` of DOT_COLUMNS (the caller pads). Every entry is added by
+ * the one block of `dot_blocks`, so its bits depend on its row and column alone: BLAS kernels
+ * add in an order that depends on where an entry falls in their tiles (OpenBLAS 0.3.31 on AMD
+ * EPYC: by the row's place modulo 12), and a customer's ALS scores differed in the last bits
+ * between a bucket and the whole shop. About 1.4 times BLAS's time (20 ms against 14.7 ms for
+ * 500 customers x 5,976 products x 64 factors). */
 static PyObject *dot_rows(PyObject *self, PyObject *args)
 {
     Py_buffer b[3]; /* a, bt, out */

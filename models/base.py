@@ -178,6 +178,16 @@ def matrix(frame: pl.DataFrame, columns: list[str]) -> np.ndarray:
     )
 
 
+def positions(ids: pl.Series, values: pl.Series) -> np.ndarray:
+    """Position of each value among `ids` (distinct), -1 where absent: a hash join (a binary
+    search over numpy's strings of sorted ids took ten times as long: 10 s for 6M values)."""
+    index = pl.DataFrame({"value": ids.cast(pl.String), "code": np.arange(len(ids))})
+    found = pl.DataFrame({"value": values.cast(pl.String)}).join(
+        index, on="value", how="left", maintain_order="left", validate="m:1"
+    )
+    return found["code"].fill_null(-1).to_numpy()
+
+
 def save_arrays(path: str | Path, settings: dict, **arrays: np.ndarray) -> None:
     """Settings as JSON and arrays as `.npz` (no pickle) under directory `path`."""
     path = Path(path)

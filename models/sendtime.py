@@ -14,7 +14,14 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from .base import ModelFitError, Settings, check_is_fitted, load_arrays, save_arrays
+from .base import (
+    ModelFitError,
+    Settings,
+    check_is_fitted,
+    load_arrays,
+    positions,
+    save_arrays,
+)
 
 HOURS = 24
 
@@ -33,15 +40,12 @@ def hour_counts(activity: pl.DataFrame, customers: np.ndarray, half_life_days: f
     """Customers x 24 weighted counts from `customer_id, local_hour, age_days` rows, each
     cell's weights added in row order (a `bincount`: 0.2 s for the 1.9 million rows of a
     bench bucket, where `np.add.at` took 0.3-0.4 s for the same sums)."""
-    index = pl.DataFrame({"customer_id": pl.Series(customers, dtype=pl.String)}).with_row_index()
-    rows = activity.select("customer_id").join(
-        index, on="customer_id", how="left", maintain_order="left"
-    )["index"]
-    keep = rows.is_not_null().to_numpy()
+    rows = positions(pl.Series(customers, dtype=pl.String), activity["customer_id"])
+    keep = rows >= 0
     weight = np.ones(len(activity))
     if half_life_days:
         weight = 0.5 ** (activity["age_days"].to_numpy() / half_life_days)
-    cells = rows.to_numpy()[keep].astype(np.int64) * HOURS + activity["local_hour"].to_numpy()[keep]
+    cells = rows[keep] * HOURS + activity["local_hour"].to_numpy()[keep]
     counts = np.bincount(cells, weight[keep], len(customers) * HOURS)
     return counts.reshape(len(customers), HOURS)
 

@@ -32,7 +32,7 @@ from sendwise.features.shop import (
     read_shop,
     write_shop,
 )
-from sendwise.models import products
+from sendwise.models import base, products
 from sendwise.models.metrics import propensity_metrics, ranking_metrics
 from sendwise.serving.engine import score_bucket
 from sendwise.store import registry
@@ -533,7 +533,7 @@ def test_ids_are_coded_as_a_binary_search_codes_them():
     values = np.r_[rng.choice(ids, 50), ["absent", "c1", ""]]
     expected = np.searchsorted(index, values)
     expected = np.where(index[np.minimum(expected, len(index) - 1)] == values, expected, -1)
-    assert np.array_equal(products._codes(pl.Series(index), pl.Series(values)), expected)
+    assert np.array_equal(base.positions(pl.Series(index), pl.Series(values)), expected)
     assert (expected == -1).sum() == 3
 
 
