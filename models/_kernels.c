@@ -229,9 +229,11 @@ static int csr_fits(const long long *indptr, Py_ssize_t rows, const long long *i
 
 /* sparse_product_rows(q_indptr, q_indices, q_data, s_indptr, s_indices, s_data, rows, width,
  * out): query @ similar, both CSR (int64 indptr and indices; float64 query values, float32
- * similar ones), `rows` query rows, into the zeroed float32 `out` (`rows` x `width`, C
- * order): summed in double, each product's terms in the query row's order, as scipy's
- * sparse product sums them. */
+ * similar ones), `rows` query rows, into the float32 `out` (`rows` x `width`, C order, every
+ * entry written): summed in double, each product's terms in the query row's order, as scipy's
+ * sparse product sums them. A row's sums gather in one dense row of doubles, then all of it
+ * is written out and cleared: a bench customer's 2,600 terms fall on about 1,200 of 6,000
+ * products, and noting which were touched (a branch a term) took longer than the sweep. */
 static PyObject *sparse_product_rows(PyObject *self, PyObject *args)
 {
     Py_buffer b[7]; /* q_indptr, q_indices, q_data, s_indptr, s_indices, s_data, out */
@@ -249,15 +251,13 @@ static PyObject *sparse_product_rows(PyObject *self, PyObject *args)
                                   "s_indices", "s_data", "out"};
     Py_ssize_t space = width > 0 ? width : 1;
     double *sums = calloc(space, sizeof(double));
-    char *seen = calloc(space, 1);
-    long long *touched = malloc(sizeof(long long) * space);
     PyObject *result = NULL;
     if (!sized(b, bytes, names, 7)) {
         /* the error is set */
     } else if (!csr_fits(qp, rows, qi, entries, s_rows, "query") ||
                !csr_fits(sp, s_rows, si, s_entries, width, "similar")) {
         /* the error is set */
-    } else if (sums == NULL || seen == NULL || touched == NULL) {
+    } else if (sums == NULL) {
         PyErr_NoMemory();
     } else {
         const double *qd = b[2].buf;
@@ -265,33 +265,21 @@ static PyObject *sparse_product_rows(PyObject *self, PyObject *args)
         float *dense = b[6].buf;
         Py_BEGIN_ALLOW_THREADS;
         for (Py_ssize_t r = 0; r < rows; r++) {
-            Py_ssize_t n_touched = 0;
             for (long long a = qp[r]; a < qp[r + 1]; a++) {
-                long long source = qi[a];
-                double weight = qd[a];
-                for (long long e = sp[source]; e < sp[source + 1]; e++) {
-                    long long to = si[e];
-                    if (!seen[to]) {
-                        seen[to] = 1;
-                        touched[n_touched++] = to;
-                    }
-                    sums[to] += weight * (double)sd[e];
-                }
+                const double weight = qd[a];
+                for (long long e = sp[qi[a]]; e < sp[qi[a] + 1]; e++)
+                    sums[si[e]] += weight * (double)sd[e];
             }
             float *row = dense + r * width;
-            for (Py_ssize_t t = 0; t < n_touched; t++) {
-                long long to = touched[t];
-                row[to] = (float)sums[to];
-                sums[to] = 0.0;
-                seen[to] = 0;
+            for (Py_ssize_t t = 0; t < width; t++) {
+                row[t] = (float)sums[t];
+                sums[t] = 0.0;
             }
         }
         Py_END_ALLOW_THREADS;
         result = Py_NewRef(Py_None);
     }
     free(sums);
-    free(seen);
-    free(touched);
     release(b, 7);
     return result;
 }

@@ -14,6 +14,7 @@ are the whole's; `export_batch` streams them into one file and one logged batch.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import shutil
 import tempfile
@@ -205,7 +206,12 @@ def snapshot_of(champions: Champions, shop: Shop, context: ShopContext) -> Snaps
     """`build_snapshot` of the customers of `shop` (the whole shop or one bucket of it),
     with the whole shop's `context`."""
     as_of, settings = context.as_of, context.settings
-    with part_of_batch(context.rows):
+    with part_of_batch(context.rows), ThreadPoolExecutor(1) as beside:
+        # the product lists, the costliest part, are ranked beside the rest: the rest is
+        # mostly one thread's work, and the lists' chunks fill the other core meanwhile
+        lists_ranked = beside.submit(
+            contextvars.copy_context().run, _product_lists, champions, shop, context
+        )
         activity = builders.activity_hours(shop, as_of, context.timezone).collect()
         features = builders.customer_features(
             shop, as_of, activity.lazy(), context.timezone
@@ -213,7 +219,6 @@ def snapshot_of(champions: Champions, shop: Shop, context: ShopContext) -> Snaps
         champions.check(features.columns)
         reasons = champions.propensity.top_reasons(features, k=1, trees=REASON_TREES)[:, 0]
         groups = features.select("customer_id", group=pl.col("timezone"))
-        lists = _product_lists(champions, shop, context)
         frame = features.select(
             "customer_id",
             "timezone",
@@ -226,19 +231,22 @@ def snapshot_of(champions: Champions, shop: Shop, context: ShopContext) -> Snaps
                 pl.List(pl.Int64)
             ),
         )
-        frame = frame.join(lists, on="customer_id", how="left", maintain_order="left")
-        frame = frame.select(pl.col(c).cast(t) for c, t in SNAPSHOT_SCHEMA.items())
         arms: tuple[str, ...] = ()
+        offer_values = []
         if champions.offer is not None:
             model = champions.offer
             values, cost = settings.offers.policy("snapshot").expected_values(
                 model, features.select(model.feature_names)
             )
             arms = tuple(model.arms)
-            frame = frame.with_columns(
+            offer_values = [
                 *(pl.Series(f"value_{a}", values[:, k]) for k, a in enumerate(arms)),
                 *(pl.Series(f"cost_{a}", cost[:, k]) for k, a in enumerate(arms)),
-            )
+            ]
+        lists = lists_ranked.result()
+        frame = frame.join(lists, on="customer_id", how="left", maintain_order="left")
+        frame = frame.select(pl.col(c).cast(t) for c, t in SNAPSHOT_SCHEMA.items())
+        frame = frame.with_columns(offer_values)
     return Snapshot(frame, context.popular, context.trending, champions.version_label, arms)
 
 
