@@ -7,9 +7,11 @@ left in DIR (`large-16`, MLflow store, artifacts). Times, in this process: the c
 load, the shop-wide context and two of its parts (the purchase matrix; the product ranker's
 shop-wide part: ALS fit, co-purchase weights, item statistics), then, for the first
 `--buckets` buckets, each step a bucket's snapshot takes (features, propensity and its
-reasons, best hours, product candidates and lists, offer values) and the whole bucket's
-decisions (those steps again, then the policy). The product lists here rank without the
-recently-bought exclusion scoring applies. Writes experiments/results/score_phases.md.
+reasons, best hours, product candidates and lists, offer values), the bucket's snapshot as
+scoring builds it (those steps, the lists ranked beside the rest) and its decisions (the
+snapshot again, then the policy), each in wall and CPU seconds. The product lists here rank
+without the recently-bought exclusion scoring applies. Writes
+experiments/results/score_phases.md.
 """
 
 from __future__ import annotations
@@ -45,12 +47,14 @@ def main() -> None:
 
     shop_dir = args.work / "large-16"
     seconds: dict[str, float] = defaultdict(float)
+    cpu_seconds: dict[str, float] = defaultdict(float)
 
     @contextmanager
     def timer(name: str) -> Iterator[None]:
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         yield
         seconds[name] += time.perf_counter() - started
+        cpu_seconds[name] += time.process_time() - cpu_started
 
     with timer("load champions"):
         champions = engine.Champions.load("bench")
@@ -89,7 +93,9 @@ def main() -> None:
                 with timer("offer values"):
                     columns = features.select(champions.offer.feature_names)
                     settings.offers.policy("snapshot").expected_values(champions.offer, columns)
-        with timer("a bucket's decisions (all of the above, then the policy)"):
+            with timer("a bucket's snapshot (all of the above, the lists beside the rest)"):
+                engine.snapshot_of(champions, part, context)
+        with timer("a bucket's decisions (its snapshot again, then the policy)"):
             job = engine.ScoreJob(context, "bench", {}, "default", "phases", None)
             engine.decide_part(champions, part, job)
     md = [
@@ -98,11 +104,11 @@ def main() -> None:
         f"Command: `python experiments/score_phases.py --work DIR --buckets {args.buckets}` on "
         f"the bench shop of `experiments/bench_score.py` ({context.rows:,} customers, 16 "
         f"buckets; each bucket step summed over the first {args.buckets}). Single runs, one "
-        "process.",
+        "process; CPU seconds are the process's, every thread's together.",
         "",
-        "| step | seconds |",
-        "|---|---:|",
-        *[f"| {name} | {value:.2f} |" for name, value in seconds.items()],
+        "| step | wall (s) | CPU (s) |",
+        "|---|---:|---:|",
+        *[f"| {name} | {value:.2f} | {cpu_seconds[name]:.2f} |" for name, value in seconds.items()],
     ]
     write_results("score_phases", md)
 
