@@ -8,8 +8,8 @@ load, the shop-wide context and two of its parts (the purchase matrix; the produ
 shop-wide part: ALS fit, co-purchase weights, item statistics), then, for the first
 `--buckets` buckets, each step a bucket's snapshot takes (features, propensity and its
 reasons, best hours, product candidates and lists, offer values), the bucket's snapshot as
-scoring builds it (those steps, the lists ranked beside the rest) and its decisions (the
-snapshot again, then the policy), each in wall and CPU seconds. The product lists here rank
+scoring builds it (those steps, the lists ranked beside the rest) and the policy's decisions
+from it, each in wall and CPU seconds. The product lists here rank
 without the recently-bought exclusion scoring applies. Writes
 experiments/results/score_phases.md.
 """
@@ -94,10 +94,10 @@ def main() -> None:
                     columns = features.select(champions.offer.feature_names)
                     settings.offers.policy("snapshot").expected_values(champions.offer, columns)
             with timer("a bucket's snapshot (all of the above, the lists beside the rest)"):
-                engine.snapshot_of(champions, part, context)
-        with timer("a bucket's decisions (its snapshot again, then the policy)"):
+                snapshot = engine.snapshot_of(champions, part, context)
+        with timer("the policy, from that snapshot"):
             job = engine.ScoreJob(context, "bench", {}, "default", "phases", None)
-            engine.decide_part(champions, part, job)
+            engine.decide_snapshot(snapshot, job)
     md = [
         "# Where batch scoring's time goes",
         "",

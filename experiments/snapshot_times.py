@@ -32,22 +32,20 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.update(work_env(args.work))
     from sendwise.features.shop import bucket_dirs, read_bucket, read_shop
-    from sendwise.policy.decide import Context, decide
     from sendwise.serving import engine
 
     shop_dir = args.work / "large-16"
     champions = engine.Champions.load("bench")
     context = engine.shop_context(champions, read_shop(shop_dir, validate=False), AS_OF)
     buckets = bucket_dirs(shop_dir)
+    job = engine.ScoreJob(context, "bench", {}, "default", "times", None)  # no caps
     with tempfile.TemporaryDirectory() as tmp:
         for number in args.buckets:
             part = read_bucket(buckets[number], validate=False)
             marks = [clock()]
             snapshot = engine.snapshot_of(champions, part, context)
             marks.append(clock())
-            recipients = snapshot.frame.select("customer_id")
-            rules = Context(campaign="default", now=AS_OF)
-            decisions = decide(snapshot, recipients, rules, context.settings, AS_OF, None, "t")
+            decisions = engine.decide_snapshot(snapshot, job)
             marks.append(clock())
             decisions.write_parquet(Path(tmp, "part.parquet"))
             marks.append(clock())

@@ -385,7 +385,11 @@ def score_job(
 
 def decide_part(champions: Champions, shop: Shop, job: ScoreJob) -> pl.DataFrame:
     """One decision per customer of `shop` (the whole shop, or one bucket of it)."""
-    snapshot = snapshot_of(champions, shop, job.context)
+    return decide_snapshot(snapshot_of(champions, shop, job.context), job)
+
+
+def decide_snapshot(snapshot: Snapshot, job: ScoreJob) -> pl.DataFrame:
+    """One decision per customer of `snapshot`: the policy's half of `decide_part`."""
     recipients = snapshot.frame.select("customer_id")
     sent = job.sent
     if sent is not None:
