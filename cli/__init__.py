@@ -3,11 +3,13 @@
 import os
 
 POLARS_ALLOCATOR = "dirty_decay_ms:500,muzzy_decay_ms:1000"  # what Polars 2 sets itself
+ALLOCATOR = f"dirty_decay_ms:2000,narenas:{os.cpu_count() or 1}"
 
-# Polars' allocator hands freed memory back to the system after 0.5 s, so each bucket of a
-# batch maps its pages afresh (6.7 million page faults scoring the 1M bench shop). Kept 2 s,
-# three runs beside three took 103.9-109.4 s against 106.6-113.4 s, at 2.9-3.1 GiB peak
-# against 2.7-2.9 (experiments/score_history.md). Polars reads it when first imported; a
-# parent process that imported Polars leaves Polars' own setting here, nobody's choice.
+# Polars' allocator (jemalloc) hands freed memory back to the system after 0.5 s, and spreads
+# threads over four arenas a core, so each bucket of a batch mapped its pages afresh (6.4-6.9
+# million page faults scoring the 1M bench shop, 23-25 s of system time). Kept 2 s: 1-5%
+# faster; and in one arena a core: 3.7-3.9 million faults and 17-18.5 s, the wall time within
+# the machine's drift (README, "Beyond one machine"). Polars reads it when first imported;
+# a parent process that imported Polars leaves Polars' own setting here, nobody's choice.
 if os.environ.get("_RJEM_MALLOC_CONF", POLARS_ALLOCATOR) == POLARS_ALLOCATOR:
-    os.environ["_RJEM_MALLOC_CONF"] = "dirty_decay_ms:2000"
+    os.environ["_RJEM_MALLOC_CONF"] = ALLOCATOR
