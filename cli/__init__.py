@@ -1,6 +1,12 @@
-"""The `sendwise` command (`main`): its package sets what must be set before Polars loads."""
+"""The `sendwise` command (`main`): its package sets the environment the libraries read
+when they load (BLAS threads, telemetry, Polars' allocator), before `main` imports them."""
 
 import os
+
+# implicit's ALS fold-in is ~60x faster on one BLAS thread; set before numpy loads
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 
 POLARS_ALLOCATOR = "dirty_decay_ms:500,muzzy_decay_ms:1000"  # what Polars 2 sets itself
 ALLOCATOR = f"dirty_decay_ms:2000,narenas:{os.cpu_count() or 1}"

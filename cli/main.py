@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import os
-
-# implicit's ALS fold-in is ~60x faster on one BLAS thread; set before numpy loads
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
-
 import json
 import logging
+import os
 import sys
 import time
 import traceback

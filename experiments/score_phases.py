@@ -9,9 +9,8 @@ shop-wide part: ALS fit, co-purchase weights, item statistics), then, for the fi
 `--buckets` buckets, each step a bucket's snapshot takes (features, propensity and its
 reasons, best hours, product candidates and lists, offer values), the bucket's snapshot as
 scoring builds it (those steps, the lists ranked beside the rest) and the policy's decisions
-from it, each in wall and CPU seconds. The product lists here rank
-without the recently-bought exclusion scoring applies. Writes
-experiments/results/score_phases.md.
+from it, each in wall and CPU seconds. The product lists here rank without the
+recently-bought exclusion scoring applies. Writes experiments/results/score_phases.md.
 """
 
 from __future__ import annotations
